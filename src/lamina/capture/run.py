@@ -1,0 +1,322 @@
+"""``capture``: batched forward passes that keep only the requested sites and positions."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .. import _version
+from ..errors import LaminaError
+from ..paths import cache_dir
+from .activations import Activations, Rows
+from .hooks import StopForward, hooked
+from .models import Model, resolve_dtype
+from .select import Selector, TokenizedText, as_selector
+from .sites import hook_point, parse_site
+
+__all__ = ["capture", "tokenize", "measure_widths", "residual_sites", "capture_cache_key"]
+
+#: Default token budget per forward pass (batch size x padded length) when ``batch_size`` is None.
+TOKENS_PER_BATCH = 4096
+
+
+def residual_sites(model: Model) -> list[str]:
+    """The sites that make up the L+1 hidden states (see :meth:`Activations.residual_stream`)."""
+    return [f"blocks.{i}.hook_resid_pre" for i in range(model.n_layers)] + [
+        f"blocks.{model.n_layers - 1}.hook_resid_post"
+    ]
+
+
+def _as_texts(texts) -> list[str]:
+    if isinstance(texts, str):
+        texts = [texts]
+    texts = list(texts)
+    if not texts:
+        raise LaminaError("no texts given; pass a string or a non-empty list of strings")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str) or not text.strip():
+            raise LaminaError(f"text {i} is empty; every text must contain some words")
+    return texts
+
+
+def tokenize(model: Model, texts: str | Sequence[str], *, add_special_tokens: bool = True) -> list[TokenizedText]:
+    """Tokenise texts one by one (no padding), with character offsets when the tokenizer offers them.
+
+    Raises:
+        LaminaError: an empty text, or a text longer than the model's context.
+    """
+    texts = _as_texts(texts)
+    tok = model.tokenizer
+    fast = bool(getattr(tok, "is_fast", False))
+    enc = tok(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=fast,
+              return_special_tokens_mask=True)
+    limit = model.context_length
+    out = []
+    for i, text in enumerate(texts):
+        ids = tuple(int(x) for x in enc["input_ids"][i])
+        if not ids:
+            raise LaminaError(f"text {i} has no tokens; pass some text")
+        if limit is not None and len(ids) > limit:
+            raise LaminaError(f"text {i} has {len(ids)} tokens but {model.name} takes at most {limit}; "
+                              "split it into shorter texts")
+        offsets = tuple(tuple(map(int, o)) for o in enc["offset_mapping"][i]) if fast else None
+        special = tuple(int(x) for x in enc["special_tokens_mask"][i])
+        out.append(TokenizedText(i, text, ids, offsets, special))
+    return out
+
+
+def _tokenizer_hash(model: Model) -> str:
+    tok = model.tokenizer
+    backend = getattr(tok, "backend_tokenizer", None)
+    blob = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+def capture_cache_key(model: Model, texts: Sequence[str], sites: Sequence[str], selector: Selector,
+                      dtype: torch.dtype, add_special_tokens: bool) -> str | None:
+    """Content address of a capture, or None when the position rule has no key (not cacheable)."""
+    if selector.key is None:
+        return None
+    texts_sha = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
+    blob = json.dumps({
+        "format": 1,
+        "model": {k: v for k, v in model.provenance.items() if k != "path"},
+        "tokenizer": _tokenizer_hash(model),
+        "texts": texts_sha,
+        "sites": list(sites),
+        "positions": selector.key,
+        "dtype": str(dtype),
+        "special_tokens": add_special_tokens,
+    }, sort_keys=True)
+    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+
+
+@dataclass
+class _Consumer:
+    site: str
+    slicer: object  # callable or None
+    buffer: torch.Tensor
+
+
+class _Recorder:
+    """Per-module hook functions that gather the selected rows straight into preallocated buffers."""
+
+    def __init__(self, model: Model, sites: Sequence[str], buffers: dict[str, torch.Tensor] | None):
+        self.groups: dict[tuple[str, str], list[_Consumer]] = {}
+        for site in sites:
+            layer, _ = parse_site(site)
+            point = hook_point(model.adapter, site)
+            slicer = point.part(model.config) if point.part else None
+            key = (point.module_path(layer), point.io)
+            buf = buffers[site] if buffers is not None else None
+            self.groups.setdefault(key, []).append(_Consumer(site, slicer, buf))
+        self.widths: dict[str, int] = {}
+        self.fired: set[tuple[str, str]] = set()
+        self.flat_index: torch.Tensor | None = None
+        self.rows = slice(0, 0)
+        self.scratch: dict[tuple[str, str], torch.Tensor] = {}
+
+    def hooks(self):
+        return {key: (lambda t, key=key: self._read(key, t)) for key in self.groups}
+
+    def start_batch(self, flat_index: torch.Tensor, rows: slice) -> None:
+        self.flat_index, self.rows = flat_index, rows
+        self.fired = set()
+
+    def _read(self, key, tensor: torch.Tensor) -> None:
+        width = tensor.shape[-1]
+        flat = tensor.reshape(-1, width)
+        consumers = self.groups[key]
+        n = self.flat_index.numel()
+        if len(consumers) == 1 and consumers[0].slicer is None and consumers[0].buffer is not None:
+            dest = consumers[0].buffer[self.rows]
+            if dest.dtype == flat.dtype and dest.device == flat.device:
+                torch.index_select(flat, 0, self.flat_index, out=dest)  # straight into the buffer
+            else:
+                dest.copy_(flat.index_select(0, self.flat_index), non_blocking=True)
+        else:
+            scratch = self.scratch.get(key)
+            if scratch is None or scratch.shape[0] < n or scratch.dtype != flat.dtype:
+                scratch = self.scratch[key] = torch.empty((max(n, 1), width), dtype=flat.dtype,
+                                                          device=flat.device)
+            gathered = torch.index_select(flat, 0, self.flat_index, out=scratch[:n])
+            for c in consumers:
+                part = c.slicer(gathered) if c.slicer else gathered
+                if c.buffer is None:
+                    self.widths[c.site] = int(part.shape[-1])
+                else:
+                    c.buffer[self.rows].copy_(part, non_blocking=True)
+        self.fired.add(key)
+        if len(self.fired) == len(self.groups):
+            raise StopForward
+
+
+def _forward(model: Model, runner: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
+    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
+    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+    if not model.is_masked_lm:
+        kwargs["use_cache"] = False
+    try:
+        runner(**kwargs)
+    except StopForward:
+        pass
+
+
+def _batches(lengths: list[int], batch_size: int | None) -> list[range]:
+    """Consecutive runs of texts so each batch's rows form one contiguous range of the output."""
+    out, start = [], 0
+    while start < len(lengths):
+        end, longest = start, 0
+        while end < len(lengths):
+            longest_next = max(longest, lengths[end])
+            size = end - start + 1
+            if batch_size is not None:
+                if size > batch_size:
+                    break
+            elif size > 1 and size * longest_next > TOKENS_PER_BATCH:
+                break
+            longest, end = longest_next, end + 1
+        out.append(range(start, end))
+        start = end
+    return out
+
+
+def _pad_batch(model: Model, items: list[TokenizedText], side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
+    pad_id = model.tokenizer.pad_token_id
+    if pad_id is None:
+        pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
+    longest = max(len(t.ids) for t in items)
+    ids = torch.full((len(items), longest), int(pad_id), dtype=torch.long)
+    mask = torch.zeros((len(items), longest), dtype=torch.long)
+    for b, t in enumerate(items):
+        n = len(t.ids)
+        cols = slice(longest - n, longest) if side == "left" else slice(0, n)
+        ids[b, cols] = torch.tensor(t.ids)
+        mask[b, cols] = 1
+    return ids.to(device), mask.to(device)
+
+
+def measure_widths(model: Model) -> dict[str, int]:
+    """Width of every site's vectors, read from a one-token forward pass."""
+    names = model.sites()
+    recorder = _Recorder(model, names, None)
+    ids = torch.tensor([[model.tokenizer.eos_token_id or 0]], device=model.device)
+    recorder.start_batch(torch.zeros(1, dtype=torch.long, device=model.device), slice(0, 1))
+    with torch.no_grad(), hooked(model.hf, recorder.hooks()):
+        _forward(model, model.hf, ids, torch.ones_like(ids))
+    return {name: recorder.widths[name] for name in names}
+
+
+def capture(
+    model: Model,
+    texts: str | Sequence[str],
+    sites: str | Sequence[str],
+    *,
+    positions="all",
+    batch_size: int | None = None,
+    dtype: str | torch.dtype = torch.float32,
+    progress: bool | None = None,
+    cache: bool = False,
+    padding_side: str = "right",
+    add_special_tokens: bool = True,
+) -> Activations:
+    """Run the model over ``texts`` and keep the activations at ``sites`` for the selected positions.
+
+    Args:
+        model: a loaded :class:`Model`.
+        texts: a string or a list of strings.
+        sites: site names or glob patterns (``"blocks.*.hook_resid_post"``, ``"blocks.3.*"``) or a list.
+        positions: ``"all"``, a :mod:`lamina.select` selector (``select.word("coffee")``), ``"word:W"``,
+            ``"index:N"`` or a callable taking a :class:`~lamina.capture.select.TokenizedText`.
+        batch_size: texts per forward pass; None packs up to ~4096 tokens (padded) per pass.
+        dtype: storage dtype of the captured values (float32 by default).
+        progress: show a progress bar (None: only for captures of more than 20 batches).
+        cache: reuse/store the result in the content-addressed cache under the user cache dir.
+        padding_side: ``"right"`` or ``"left"``; results do not depend on it (position ids follow the mask).
+        add_special_tokens: let the tokenizer add BOS/CLS/SEP as it normally does.
+
+    Returns:
+        :class:`Activations` with ``acts[site]`` of shape (n_rows, width), rows ordered by text then position.
+
+    Raises:
+        LaminaError: empty input, unknown site, a word not found, a text longer than the context, or NaN
+            activations.
+    """
+    texts = _as_texts(texts)
+    names = model.sites(sites)
+    selector = as_selector(positions)
+    store_dtype = resolve_dtype(dtype)
+    if padding_side not in ("left", "right"):
+        raise LaminaError(f"padding_side={padding_side!r} is not valid; use 'left' or 'right'")
+    key = capture_cache_key(model, texts, names, selector, store_dtype, add_special_tokens) if cache else None
+    entry = cache_dir("activations", key) if key else None
+    if entry is not None and (entry / "activations.json").is_file():
+        return Activations.load(entry)
+
+    tokenized = tokenize(model, texts, add_special_tokens=add_special_tokens)
+    chosen = [selector(t) for t in tokenized]
+    offsets = np.concatenate([[0], np.cumsum([len(c) for c in chosen])])
+    n_rows = int(offsets[-1])
+    if n_rows == 0:
+        raise LaminaError("the position rule selected no tokens; check the positions option")
+    widths = model.site_widths()
+    buffers = {s: torch.empty((n_rows, widths[s]), dtype=store_dtype) for s in names}
+
+    runner = model.hf
+    if "logits" not in names:
+        runner = model.module(model.adapter.base)  # the LM head is not needed: skip it
+    recorder = _Recorder(model, names, buffers)
+    batches = _batches([len(t.ids) for t in tokenized], batch_size)
+    show = progress if progress is not None else len(batches) > 20
+    iterator = batches
+    if show:
+        from tqdm.auto import tqdm
+
+        iterator = tqdm(batches, desc=f"capture {model.name}", unit="batch")
+    device = model.device
+    with torch.no_grad(), hooked(model.hf, recorder.hooks()):
+        for batch in iterator:
+            items = [tokenized[i] for i in batch]
+            ids, mask = _pad_batch(model, items, padding_side, device)
+            width = ids.shape[1]
+            flat = []
+            for b, (t, pos) in enumerate(zip(items, (chosen[i] for i in batch))):
+                shift = width - len(t.ids) if padding_side == "left" else 0
+                flat.extend(b * width + shift + p for p in pos)
+            recorder.start_batch(torch.tensor(flat, dtype=torch.long, device=device),
+                                 slice(int(offsets[batch.start]), int(offsets[batch.stop])))
+            _forward(model, runner, ids, mask)
+    for site, buf in buffers.items():
+        if buf.is_floating_point() and not torch.isfinite(buf).all():
+            raise LaminaError(f"NaN or infinite activations at {site}; load the model in float32 "
+                              "(dtype='float32') or check its weights")
+    rows = Rows(
+        text_index=np.repeat(np.arange(len(texts)), [len(c) for c in chosen]),
+        position=np.array([p for c in chosen for p in c], dtype=np.int64),
+        token_id=np.array([tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c], dtype=np.int64),
+        token=tuple(_decode_tokens(model, [tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c])),
+    )
+    provenance = {
+        "model": model.summary(),
+        "lamina_version": _version.__version__,
+        "sites": names,
+        "positions": selector.key or selector.description,
+        "dtype": str(store_dtype).replace("torch.", ""),
+        "n_texts": len(texts),
+        "tokenizer_sha256": _tokenizer_hash(model),
+        "add_special_tokens": add_special_tokens,
+    }
+    acts = Activations(buffers, rows, provenance)
+    if entry is not None:
+        acts.save(entry)
+    return acts
+
+
+def _decode_tokens(model: Model, ids: list[int]) -> list[str]:
+    unique = {i: model.tokenizer.decode([i]) for i in set(ids)}
+    return [unique[i] for i in ids]
