@@ -7,5 +7,5 @@ A :class:`LaminaError` carries a one-line message naming the problem and the fix
 __all__ = ["LaminaError"]
 
 
-class LaminaError(Exception):
+class LaminaError(ValueError):
     """A user-facing error (bad model, site, study, text or option) with a one-line message."""
