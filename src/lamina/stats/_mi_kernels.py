@@ -215,7 +215,7 @@ def _slow_pair(x, y, kx, ky, use_keep, n_bins, table):
 
 
 @njit(cache=True, parallel=True)
-def pair_mi(X, keep, use_keep, codes, imin, imax, own, n_bins, n_rows, pa, pb, clogc, out, out_mm, chunk):
+def pair_mi(X, keep, use_keep, codes, imin, imax, own, n_bins, n_rows, pa, pb, clogc, out, out_mm, want_mm, chunk):
     """MI (nats) of every pair (pa[p], pb[p]) within every group of ``n_rows`` rows of ``X``.
 
     ``X``/``keep``/``codes`` have shape (n_groups * n_rows, d); ``own`` (n_groups * n_rows, n_bins) holds each
@@ -296,10 +296,9 @@ def pair_mi(X, keep, use_keep, codes, imin, imax, own, n_bins, n_rows, pa, pb, c
             else:
                 _slow_pair(X[ra], X[rb], keep[ra], keep[rb], use_keep, n_bins, table)
                 mi, mm = _mi_from_table(table, n_bins, clogc, rowsum, colsum)
-            out[g, a, b] = mi
-            out[g, b, a] = mi
-            out_mm[g, a, b] = mm
-            out_mm[g, b, a] = mm
+            out[g, a, b] = mi  # upper triangle only; the caller mirrors it
+            if want_mm:
+                out_mm[g, a, b] = mm
 
 
 @njit(cache=True, parallel=True)

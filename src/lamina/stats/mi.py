@@ -168,14 +168,15 @@ def pairwise_mutual_information(
 
         nats, mm = pairwise_mi_torch(X if is_torch else flat, flat, keep, trim_z is not None, n_bins, n)
     else:
-        nats, mm = _pairwise_numba(flat, keep, trim_z is not None, n_bins, n)
+        nats, mm = _pairwise_numba(flat, keep, trim_z is not None, n_bins, n, correction is not None)
     if correction == "miller-madow":
         nats = nats + mm
-    mi = (nats / math.log(base)).reshape(*lead, n, n)
+    nats /= math.log(base)
+    mi = nats.reshape(*lead, n, n)
     return (mi, n_bins) if return_bins else mi
 
 
-def _pairwise_numba(flat, keep, use_keep, n_bins, n):
+def _pairwise_numba(flat, keep, use_keep, n_bins, n, want_mm):
     from ._mi_kernels import bin_vectors, clogc_table, pair_mi
 
     m, d = flat.shape
@@ -188,9 +189,18 @@ def _pairwise_numba(flat, keep, use_keep, n_bins, n):
     pa, pb = _pairs(n)
     groups = m // n
     out = np.zeros((groups, n, n))
-    out_mm = np.zeros((groups, n, n))
-    pair_mi(flat, keep, use_keep, codes, imin, imax, own, n_bins, n, pa, pb, clogc_table(d), out, out_mm, 256)
-    return out, out_mm
+    out_mm = np.zeros((groups, n, n) if want_mm else (1, 1, 1))
+    pair_mi(flat, keep, use_keep, codes, imin, imax, own, n_bins, n, pa, pb, clogc_table(d), out, out_mm,
+            want_mm, 256)
+    return _mirror(out), (_mirror(out_mm) if want_mm else 0.0)
+
+
+def _mirror(upper: np.ndarray) -> np.ndarray:
+    """Fill the lower triangle of (..., n, n) from the upper one."""
+    full = upper + np.swapaxes(upper, -1, -2)  # the lower triangle of ``upper`` is zero
+    diag = np.arange(upper.shape[-1])
+    full[..., diag, diag] = upper[..., diag, diag]
+    return full
 
 
 def _pairwise_ksg(X3, n_neighbors, random_state):
