@@ -55,7 +55,8 @@ class HookPoint:
     """Where a site is read.
 
     Attributes:
-        module: dotted module path relative to the HF model; ``{l}`` is replaced by the block index.
+        module: dotted module path relative to the HF model; ``{l}`` is replaced by the block index;
+            ``a|b`` names alternatives (the first that exists is used).
         io: ``"output"`` reads the module's output (first element if a tuple), ``"input"`` its first input.
         part: optional factory ``config -> (tensor of shape (n, w_full) -> tensor of shape (n, w))`` applied
             to the already row-selected values (slices along the last dimension only).
@@ -192,7 +193,7 @@ _GPT_NEOX = ArchAdapter(
     ),
     final_sites={
         "ln_final.hook_normalized": HookPoint("gpt_neox.final_layer_norm"),
-        "logits": HookPoint("embed_out"),
+        "logits": HookPoint("lm_head|embed_out"),  # transformers >= 5 renamed embed_out
     },
 )
 

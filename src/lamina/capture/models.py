@@ -111,11 +111,18 @@ class Model:
         return None
 
     def module(self, path: str) -> torch.nn.Module:
-        """The submodule at a dotted path (``"transformer.h.3.attn"``)."""
-        try:
-            return self.hf.get_submodule(path)
-        except AttributeError:
-            raise LaminaError(f"module {path!r} not found in {self.name} ({self.arch} adapter)") from None
+        """The submodule at a dotted path (``"transformer.h.3.attn"``; ``a|b`` tries alternatives)."""
+        return self.hf.get_submodule(self.resolve_path(path))
+
+    def resolve_path(self, path: str) -> str:
+        """The first alternative of ``a|b`` that exists in the model."""
+        for candidate in path.split("|"):
+            try:
+                self.hf.get_submodule(candidate)
+                return candidate
+            except AttributeError:
+                continue
+        raise LaminaError(f"module {path!r} not found in {self.name} ({self.arch} adapter)")
 
     def sites(self, pattern: str | list[str] | None = None) -> list[str]:
         """All site names in forward order, or those matching a glob pattern / list of patterns."""
@@ -166,8 +173,12 @@ def _converted_gguf(gguf: Path) -> tuple[Path, str]:
     folder = cache_dir("models", f"{gguf.stem}-{sha[:16]}")
     if (folder / "lamina_source.json").is_file():
         return folder, sha
+    import sys
+
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    print(f"lamina: converting {gguf.name} to safetensors once (~15-20 s); later loads use {folder}",
+          file=sys.stderr)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # The dequantised weights are plain float32 tensors; drop the GGUF quantiser so they can be saved.
@@ -253,6 +264,15 @@ def load_model(
         location, name = spec, spec.rstrip("/").split("/")[-1]
         provenance = {"source": "hub", "id": spec}
         source_kwargs = {"revision": revision} if revision else {}
+    if provenance["source"] == "hub":
+        # The local HF cache first (no network wait); the hub only if that fails and we may go online.
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        try:
+            AutoConfig.from_pretrained(location, local_files_only=True, **source_kwargs)
+            source_kwargs["local_files_only"] = True
+        except (OSError, ValueError):
+            if offline:
+                source_kwargs["local_files_only"] = True
     try:
         config = AutoConfig.from_pretrained(location, **source_kwargs)
     except (OSError, ValueError) as exc:
@@ -261,11 +281,18 @@ def load_model(
     if provenance["source"] == "hub":
         provenance["revision"] = getattr(config, "_commit_hash", None) or revision or "unknown"
     auto_cls = AutoModelForMaskedLM if adapter.masked_lm else AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()  # a sub-second load needs no bar
     try:
         hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **source_kwargs)
         tokenizer = AutoTokenizer.from_pretrained(location, **source_kwargs)
     except OSError as exc:
         raise _offline_error(spec, exc) from None
+    finally:
+        if bars:
+            hf_logging.enable_progress_bar()
     hf.eval()
     hf.to(device)
     provenance.update({"name": name, "dtype": str(torch_dtype).replace("torch.", ""),

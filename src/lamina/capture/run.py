@@ -112,7 +112,7 @@ class _Recorder:
             layer, _ = parse_site(site)
             point = hook_point(model.adapter, site)
             slicer = point.part(model.config) if point.part else None
-            key = (point.module_path(layer), point.io)
+            key = (model.resolve_path(point.module_path(layer)), point.io)
             buf = buffers[site] if buffers is not None else None
             self.groups.setdefault(key, []).append(_Consumer(site, slicer, buf))
         self.widths: dict[str, int] = {}

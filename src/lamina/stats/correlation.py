@@ -1,0 +1,162 @@
+"""Correlations with p-values, many-column correlations, and the tests the studies report."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats as sps
+
+from ..errors import LaminaError
+
+__all__ = [
+    "CorrelationResult",
+    "correlate",
+    "correlate_columns",
+    "partial_correlate_columns",
+    "fisher_z_compare",
+    "independent_ttest",
+    "correct_pvalues",
+]
+
+_METHODS = ("pearson", "spearman", "kendall")
+
+
+@dataclass(frozen=True)
+class CorrelationResult:
+    """A correlation coefficient with its two-sided p-value and sample size."""
+
+    r: float
+    p: float
+    n: int
+    method: str
+
+
+def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
+    x = np.asarray(x, dtype=np.float64).ravel()
+    y = np.asarray(y, dtype=np.float64).ravel()
+    if x.shape != y.shape:
+        raise LaminaError(f"x and y must have the same length (got {x.size} and {y.size})")
+    if x.size < 3:
+        raise LaminaError(f"a correlation needs at least 3 pairs (got {x.size})")
+    if not (np.isfinite(x).all() and np.isfinite(y).all()):
+        raise LaminaError("x or y contains NaN or infinite values; remove them first")
+    return x, y
+
+
+def correlate(x, y, method: str = "pearson") -> CorrelationResult:
+    """Pearson r, Spearman rho or Kendall tau-b between two vectors (scipy.stats), with a two-sided p.
+
+    Kendall's tau-b is the right choice when one variable is ordinal with ties (e.g. token distance).
+    A constant input gives r = 0 and p = 1 instead of NaN.
+    """
+    if method not in _METHODS:
+        raise LaminaError(f"method={method!r} is not valid; use one of {', '.join(_METHODS)}")
+    x, y = _pair(x, y)
+    if np.ptp(x) == 0 or np.ptp(y) == 0:
+        return CorrelationResult(0.0, 1.0, x.size, method)
+    if method == "pearson":
+        res = sps.pearsonr(x, y)
+    elif method == "spearman":
+        res = sps.spearmanr(x, y)
+    else:
+        res = sps.kendalltau(x, y, variant="b")
+    return CorrelationResult(float(res.statistic), float(res.pvalue), x.size, method)
+
+
+def _zscore_cols(A: np.ndarray, axis: int) -> np.ndarray:
+    mean = A.mean(axis=axis, keepdims=True)
+    std = A.std(axis=axis, ddof=1, keepdims=True)
+    return (A - mean) / np.where(std > 0, std, np.inf)  # a constant column correlates 0
+
+
+def correlate_columns(x, Y, *, return_p: bool = False):
+    """Pearson r between one vector and every column of ``Y``, vectorised.
+
+    ``r_j = sum_i z(x)_i z(Y[:, j])_i / (n - 1)`` with ddof=1 z-scores (equal to ``np.corrcoef``).
+
+    Args:
+        x: shape (n,).
+        Y: shape (..., n, m): e.g. (n_layers, n_tokens, n_neurons).
+        return_p: also return two-sided p-values (t distribution with n - 2 degrees of freedom).
+
+    Returns:
+        r of shape (..., m) (and p of the same shape). Constant columns give r = 0.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    Y = np.asarray(Y, dtype=np.float64)
+    if Y.shape[-2] != x.size:
+        raise LaminaError(f"Y must have shape (..., {x.size}, m); got {Y.shape}")
+    n = x.size
+    zx = _zscore_cols(x, 0)
+    r = np.einsum("i,...ij->...j", zx, _zscore_cols(Y, -2)) / (n - 1)
+    r = np.clip(r, -1.0, 1.0)
+    if not return_p:
+        return r
+    with np.errstate(divide="ignore"):
+        t = r * np.sqrt((n - 2) / np.maximum(1e-300, 1 - r**2))
+    p = 2 * sps.t.sf(np.abs(t), n - 2)
+    return r, p
+
+
+def partial_correlate_columns(x, z, Y) -> np.ndarray:
+    """Partial Pearson correlation of ``x`` with every column of ``Y`` controlling for ``z``.
+
+    ``r_xy.z = (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``; shapes as in :func:`correlate_columns`.
+    """
+    x = np.asarray(x, dtype=np.float64).ravel()
+    z = np.asarray(z, dtype=np.float64).ravel()
+    r_xy = correlate_columns(x, Y)
+    r_zy = correlate_columns(z, Y)
+    r_xz = float(np.corrcoef(x, z)[0, 1]) if np.ptp(x) and np.ptp(z) else 0.0
+    denom = np.sqrt(np.maximum(0.0, (1 - r_xz**2) * (1 - r_zy**2)))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(denom > 0, (r_xy - r_xz * r_zy) / np.where(denom > 0, denom, 1.0), 0.0)
+
+
+def fisher_z_compare(r1, n1, r2, n2) -> tuple[float, float]:
+    """Compare two independent correlations with Fisher's z: returns (z, two-sided p).
+
+    ``z = (atanh r1 - atanh r2) / sqrt(1/(n1 - 3) + 1/(n2 - 3))``.
+    """
+    if min(n1, n2) <= 3:
+        raise LaminaError("the Fisher z test needs more than 3 observations per correlation")
+    clip = 1 - 1e-15
+    z1 = np.arctanh(np.clip(r1, -clip, clip))
+    z2 = np.arctanh(np.clip(r2, -clip, clip))
+    z = (z1 - z2) / np.sqrt(1.0 / (n1 - 3) + 1.0 / (n2 - 3))
+    return float(z), float(2 * sps.norm.sf(abs(z)))
+
+
+def independent_ttest(a, b, *, equal_var: bool = True) -> tuple[float, float]:
+    """Independent two-sample t-test (scipy.stats.ttest_ind): returns (t, two-sided p)."""
+    a = np.asarray(a, dtype=np.float64).ravel()
+    b = np.asarray(b, dtype=np.float64).ravel()
+    if a.size < 2 or b.size < 2:
+        raise LaminaError("a t-test needs at least 2 values per group")
+    if np.ptp(np.concatenate([a, b])) == 0:
+        return 0.0, 1.0
+    res = sps.ttest_ind(a, b, equal_var=equal_var)
+    return float(res.statistic), float(res.pvalue)
+
+
+def correct_pvalues(p, method: str = "fdr_bh", alpha: float = 0.05) -> tuple[np.ndarray, np.ndarray]:
+    """Multiple-comparison correction.
+
+    Args:
+        p: p-values of any shape.
+        method: ``"fdr_bh"`` (Benjamini-Hochberg, ``scipy.stats.false_discovery_control``) or
+            ``"bonferroni"``.
+        alpha: family-wise / false-discovery level.
+
+    Returns:
+        (reject, adjusted p), both of p's shape.
+    """
+    p = np.asarray(p, dtype=np.float64)
+    if method == "fdr_bh":
+        adjusted = sps.false_discovery_control(p.ravel(), method="bh").reshape(p.shape)
+    elif method == "bonferroni":
+        adjusted = np.minimum(1.0, p * p.size)
+    else:
+        raise LaminaError(f"method={method!r} is not valid; use 'fdr_bh' or 'bonferroni'")
+    return adjusted <= alpha, adjusted
