@@ -30,9 +30,9 @@ def rdm(X, metric: str = "correlation") -> np.ndarray:
     if metric == "cosine":
         return 1.0 - cosine_similarity_matrix(X)
     if metric == "euclidean":
-        sq = np.sum(X**2, axis=-1)
-        d2 = sq[..., :, None] + sq[..., None, :] - 2 * X @ np.swapaxes(X, -1, -2)
-        return np.sqrt(np.maximum(d2, 0.0))
+        from scipy.spatial.distance import cdist
+
+        return cdist(X, X)
     raise LaminaError(f"metric={metric!r} is not valid; use 'correlation', 'cosine' or 'euclidean'")
 
 
