@@ -52,8 +52,9 @@ def _cmd_capture(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    from .studies import REGISTRY
+    from .studies import REGISTRY, _load_all
 
+    _load_all()
     width = max(len(n) for n in REGISTRY)
     for name, study in REGISTRY.items():
         print(f"{name:<{width}}  {study.description}")

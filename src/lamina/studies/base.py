@@ -1,0 +1,183 @@
+"""The study framework: a registry, typed frozen configs, and the runner that writes a report folder.
+
+A study is registered with :func:`register` and provides:
+
+- ``Config``: a frozen dataclass (defaults from the protocol, validated in ``__post_init__``);
+- ``compute(model, config, inputs) -> StudyOutput``: the numbers (JSON-able ``results``, large ``arrays``
+  for figures, the ``claims`` table, and ``resolved`` config values such as a scaled default layer);
+- ``figures(output, folder) -> list[(file, caption)]``: drawing only, from the computed output.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .._io import atomic_write_text, json_dumps
+from .._version import __version__
+from ..errors import LaminaError
+
+__all__ = ["Study", "StudyOutput", "Claim", "REGISTRY", "register", "get_study", "parse_overrides",
+           "scaled_layer"]
+
+
+def Claim(claim: str, expected: str, measured, holds: bool | None) -> dict:  # noqa: N802 - a record maker
+    """One finding of the write-up: what was claimed, what this run measured, and whether it holds."""
+    return {"claim": claim, "expected": expected, "measured": measured,
+            "holds": None if holds is None else bool(holds)}
+
+
+@dataclass
+class StudyOutput:
+    """What a study computed: JSON-able results, arrays for figures, the claims table, resolved config."""
+
+    results: dict
+    claims: list[dict]
+    resolved: dict = field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Study:
+    name: str
+    description: str
+    config_cls: type
+    compute: Callable
+    figures: Callable
+    demo: bool = True  # run by `lamina demo`
+    needs: str = "any"  # "any", "causal" or "masked"
+
+
+#: Registered studies by name.
+REGISTRY: dict[str, Study] = {}
+
+
+def register(name: str, description: str, config_cls: type, *, demo: bool = True, needs: str = "any"):
+    """Decorator for a study module's ``compute``; ``figures`` is looked up beside it."""
+
+    def deco(compute):
+        import sys
+
+        module = sys.modules[compute.__module__]
+        def draw(output, folder):  # looked up at call time: `figures` is defined below `compute`
+            return module.figures(output, folder)
+
+        REGISTRY[name] = Study(name, description, config_cls, compute, draw, demo, needs)
+        return compute
+
+    return deco
+
+
+def get_study(name: str) -> Study:
+    from . import _load_all
+
+    _load_all()
+    if name not in REGISTRY:
+        raise LaminaError(f"unknown study {name!r}; choose one of: {', '.join(REGISTRY)}")
+    return REGISTRY[name]
+
+
+def _coerce(value: str, annotation, name: str):
+    origin = typing.get_origin(annotation)
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value.lower() in ("none", "null", ""):
+            return None
+        errors = []
+        for arg in args:
+            try:
+                return _coerce(value, arg, name)
+            except LaminaError as exc:
+                errors.append(str(exc))
+        raise LaminaError(f"--set {name}={value!r}: expected {annotation}")
+    if annotation is bool:
+        if value.lower() in ("1", "true", "yes", "on"):
+            return True
+        if value.lower() in ("0", "false", "no", "off"):
+            return False
+        raise LaminaError(f"--set {name}={value!r}: expected true or false")
+    if annotation in (int, float):
+        try:
+            return annotation(value)
+        except ValueError:
+            raise LaminaError(f"--set {name}={value!r}: expected a {annotation.__name__}") from None
+    if origin is tuple:
+        return tuple(_coerce(v.strip(), args[0], name) for v in value.split(",") if v.strip())
+    return value
+
+
+def parse_overrides(config_cls: type, overrides: dict[str, object] | None):
+    """Build a config from string (CLI) or typed overrides; unknown keys list the valid ones."""
+    overrides = dict(overrides or {})
+    hints = typing.get_type_hints(config_cls)
+    names = [f.name for f in dataclasses.fields(config_cls)]
+    kwargs = {}
+    for key, value in overrides.items():
+        if key not in names:
+            raise LaminaError(f"unknown setting {key!r} for this study; valid: {', '.join(names)}")
+        kwargs[key] = _coerce(value, hints[key], key) if isinstance(value, str) else value
+    try:
+        return config_cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        if isinstance(exc, LaminaError):
+            raise
+        raise LaminaError(f"invalid settings: {exc}") from None
+
+
+def scaled_layer(reference_layer: int, reference_depth: int, n_layers: int) -> int:
+    """The protocol's layer moved to a model of another depth: round(ref / ref_depth * n_layers)."""
+    return int(min(n_layers - 1, max(0, round(reference_layer / reference_depth * n_layers))))
+
+
+def environment() -> dict:
+    """Package versions for the provenance file."""
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version(), "lamina": __version__}
+    for pkg in ("torch", "transformers", "numpy", "scipy", "scikit-learn", "numba", "matplotlib"):
+        try:
+            versions[pkg] = md.version(pkg)
+        except md.PackageNotFoundError:
+            versions[pkg] = None
+    return versions
+
+
+def write_results(folder: Path, study: Study, model, config, output: StudyOutput) -> dict:
+    """``results.json`` (deterministic: no timestamps) and ``arrays.npz`` for the figures."""
+    folder.mkdir(parents=True, exist_ok=True)
+    config_block = {**dataclasses.asdict(config), **output.resolved}
+    doc = {
+        "study": study.name,
+        "lamina_version": __version__,
+        "model": model.summary(),
+        "config": config_block,
+        "results": output.results,
+        "claims": output.claims,
+    }
+    atomic_write_text(folder / "results.json", json_dumps(_finite(doc)) + "\n")
+    atomic_write_text(folder / "provenance.json", json_dumps({"environment": environment(),
+                                                                "model": model.provenance}) + "\n")
+    if output.arrays:
+        tmp = folder / ".arrays.tmp.npz"
+        np.savez_compressed(tmp, **output.arrays)
+        tmp.replace(folder / "arrays.npz")
+    return doc
+
+
+def _finite(obj):
+    """NaN/inf -> None so results.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    if isinstance(obj, np.ndarray):
+        return _finite(obj.tolist())
+    if isinstance(obj, (float, np.floating)):
+        return float(obj) if np.isfinite(obj) else None
+    return obj
