@@ -63,7 +63,7 @@ def train_tokenizer(kind: str = "bpe", vocab_size: int = 512):
 
 
 def tiny_config(arch: str, vocab_size: int, *, n_layers: int = 2, d_model: int = 32, n_heads: int = 4,
-                n_positions: int = 256):
+                n_positions: int = 512):
     """An HF config of a tiny model of one architecture (lamina adapter name)."""
     from transformers import BertConfig, GPT2Config, GPTNeoConfig, GPTNeoXConfig, LlamaConfig
 

@@ -32,16 +32,24 @@ def residual_sites(model: Model) -> list[str]:
     ]
 
 
-def _as_texts(texts) -> list[str]:
+def _as_texts(texts) -> list:
+    """A list of texts; each is a string or an already tokenised sequence of token ids."""
     if isinstance(texts, str):
         texts = [texts]
     texts = list(texts)
     if not texts:
         raise LaminaError("no texts given; pass a string or a non-empty list of strings")
     for i, text in enumerate(texts):
-        if not isinstance(text, str) or not text.strip():
-            raise LaminaError(f"text {i} is empty; every text must contain some words")
+        if isinstance(text, str):
+            if not text.strip():
+                raise LaminaError(f"text {i} is empty; every text must contain some words")
+        elif not len(text):
+            raise LaminaError(f"text {i} has no token ids")
     return texts
+
+
+def _text_key(text) -> str:
+    return text if isinstance(text, str) else "ids:" + ",".join(str(int(t)) for t in text)
 
 
 def tokenize(model: Model, texts: str | Sequence[str], *, add_special_tokens: bool = True) -> list[TokenizedText]:
@@ -53,19 +61,28 @@ def tokenize(model: Model, texts: str | Sequence[str], *, add_special_tokens: bo
     texts = _as_texts(texts)
     tok = model.tokenizer
     fast = bool(getattr(tok, "is_fast", False))
-    enc = tok(texts, add_special_tokens=add_special_tokens, return_offsets_mapping=fast,
-              return_special_tokens_mask=True)
+    strings = [t for t in texts if isinstance(t, str)]
+    enc = tok(strings, add_special_tokens=add_special_tokens, return_offsets_mapping=fast,
+              return_special_tokens_mask=True) if strings else None
     limit = model.context_length
     out = []
+    k = -1
     for i, text in enumerate(texts):
-        ids = tuple(int(x) for x in enc["input_ids"][i])
+        if not isinstance(text, str):  # pre-tokenised: ids used as given
+            ids = tuple(int(x) for x in text)
+            if limit is not None and len(ids) > limit:
+                raise LaminaError(f"text {i} has {len(ids)} tokens but {model.name} takes at most {limit}")
+            out.append(TokenizedText(i, tok.decode(list(ids)), ids, None, (0,) * len(ids)))
+            continue
+        k += 1
+        ids = tuple(int(x) for x in enc["input_ids"][k])
         if not ids:
             raise LaminaError(f"text {i} has no tokens; pass some text")
         if limit is not None and len(ids) > limit:
             raise LaminaError(f"text {i} has {len(ids)} tokens but {model.name} takes at most {limit}; "
                               "split it into shorter texts")
-        offsets = tuple(tuple(map(int, o)) for o in enc["offset_mapping"][i]) if fast else None
-        special = tuple(int(x) for x in enc["special_tokens_mask"][i])
+        offsets = tuple(tuple(map(int, o)) for o in enc["offset_mapping"][k]) if fast else None
+        special = tuple(int(x) for x in enc["special_tokens_mask"][k])
         out.append(TokenizedText(i, text, ids, offsets, special))
     return out
 
@@ -82,7 +99,7 @@ def capture_cache_key(model: Model, texts: Sequence[str], sites: Sequence[str], 
     """Content address of a capture, or None when the position rule has no key (not cacheable)."""
     if selector.key is None:
         return None
-    texts_sha = hashlib.sha256("\x00".join(texts).encode("utf-8")).hexdigest()
+    texts_sha = hashlib.sha256("\x00".join(map(_text_key, texts)).encode("utf-8")).hexdigest()
     blob = json.dumps({
         "format": 1,
         "model": {k: v for k, v in model.provenance.items() if k != "path"},
@@ -229,7 +246,7 @@ def capture(
 
     Args:
         model: a loaded :class:`Model`.
-        texts: a string or a list of strings.
+        texts: a string, a list of strings, or a list of token-id sequences (used as given).
         sites: site names or glob patterns (``"blocks.*.hook_resid_post"``, ``"blocks.3.*"``) or a list.
         positions: ``"all"``, a :mod:`lamina.select` selector (``select.word("coffee")``), ``"word:W"``,
             ``"index:N"`` or a callable taking a :class:`~lamina.capture.select.TokenizedText`.

@@ -1,0 +1,93 @@
+"""Studies run end to end on tiny random models; results.json has the documented keys; CLI errors are one line."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from lamina import LaminaError
+from lamina.cli import main
+from lamina.studies import get_study, run_study
+from lamina.studies.base import parse_overrides
+
+
+def _finite(obj) -> bool:
+    if isinstance(obj, dict):
+        return all(_finite(v) for v in obj.values())
+    if isinstance(obj, list):
+        return all(_finite(v) for v in obj)
+    if isinstance(obj, float):
+        return math.isfinite(obj)
+    return True
+
+
+def _check_report(folder, keys):
+    doc = json.loads((folder / "results.json").read_text())
+    assert set(doc) == {"study", "lamina_version", "model", "config", "results", "claims"}
+    assert keys <= set(doc["results"]), keys - set(doc["results"])
+    assert doc["claims"] and all({"claim", "expected", "measured", "holds"} <= set(c) for c in doc["claims"])
+    assert (folder / "report.html").read_text().count("data:image/png;base64") >= 3
+    assert json.loads((folder / "provenance.json").read_text())["environment"]["torch"]
+    return doc
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_coffee_mi_end_to_end(tiny_models, tmp_path, cache_dir, arch):
+    folder = run_study("coffee-mi", model=tiny_models[arch], out=tmp_path / "r", reports_root=tmp_path)
+    doc = _check_report(folder, {"positions", "layer", "mi", "distance", "tau", "p", "mi_untrimmed", "per_layer"})
+    r = doc["results"]
+    assert r["n_occurrences"] == 7 and len(r["per_layer"]) == tiny_models[arch].n_layers
+    assert {"layer", "attn", "mlp", "t", "t_p", "fisher_z", "fisher_p"} <= set(r["per_layer"][0])
+    mi = np.array(r["mi"])
+    np.testing.assert_allclose(mi, mi.T)  # a symmetric MI matrix
+    assert _finite(r["per_layer"])
+    # Re-running reuses the activation cache and gives an identical results.json.
+    again = run_study("coffee-mi", model=tiny_models[arch], out=tmp_path / "r2", reports_root=tmp_path)
+    assert (again / "results.json").read_bytes() == (folder / "results.json").read_bytes()
+    assert (tmp_path / "index.html").is_file()
+
+
+def test_punctuation_clusters_end_to_end(tiny_models, tmp_path, cache_dir):
+    folder = run_study("punctuation-clusters", model=tiny_models["gpt-neox"], out=tmp_path / "p",
+                       overrides={"n_per_type": "12", "plot_points": "20"}, reports_root=tmp_path)
+    doc = _check_report(folder, {"n_internal", "n_terminal", "per_layer"})
+    r = doc["results"]
+    assert r["n_internal"] == r["n_terminal"] == 12
+    assert len(r["per_layer"]) == tiny_models["gpt-neox"].n_layers + 1
+    assert {"internal", "terminal", "mixed"} <= set(r["per_layer"][0])
+    # Layer 0 of a model with position embeddings (here rotary: none at layer 0): commas are one vector.
+    assert r["per_layer"][0]["distinct_vectors"]["internal"] <= 2
+    assert _finite(r["per_layer"])
+
+
+def test_config_validation_and_overrides():
+    study = get_study("coffee-mi")
+    cfg = parse_overrides(study.config_cls, {"layer": "5", "trim_z": "none", "bins": "fd", "knn": "false"})
+    assert (cfg.layer, cfg.trim_z, cfg.bins, cfg.knn) == (5, None, "fd", False)
+    with pytest.raises(LaminaError, match="valid: word"):
+        parse_overrides(study.config_cls, {"colour": "red"})
+    with pytest.raises(LaminaError, match="expected a int"):
+        parse_overrides(study.config_cls, {"n_neighbors": "many"})
+    with pytest.raises(LaminaError, match="correction"):
+        parse_overrides(study.config_cls, {"correction": "holm"})
+
+
+def test_cli_run_list_and_errors(tiny_paths, tmp_path, cache_dir, capsys):
+    assert main(["list"]) == 0
+    assert "coffee-mi" in capsys.readouterr().out
+    assert main(["run", "no-such-study"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown study 'no-such-study'; choose one of: coffee-mi") and err.count("\n") == 1
+    text = tmp_path / "tea.txt"
+    text.write_text("Tea is nice. I like tea with milk. Green tea or black tea? Tea!")
+    assert main(["run", "coffee-mi", "--model", str(tiny_paths["gpt2"]), "--text-file", str(text),
+                 "--out", str(tmp_path / "c")]) == 2  # 'coffee' does not occur
+    err = capsys.readouterr().err
+    assert err.startswith("error: word 'coffee' not found") and err.count("\n") == 1
+    assert main(["run", "coffee-mi", "--model", str(tiny_paths["gpt2"]), "--text-file", str(text), "--set",
+                 "word=tea", "--set", "knn=false", "--out", str(tmp_path / "c")]) == 0
+    assert "report:" in capsys.readouterr().out
+    assert json.loads((tmp_path / "c" / "results.json").read_text())["results"]["n_occurrences"] == 5
