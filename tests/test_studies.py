@@ -91,3 +91,14 @@ def test_cli_run_list_and_errors(tiny_paths, tmp_path, cache_dir, capsys):
                  "word=tea", "--set", "knn=false", "--out", str(tmp_path / "c")]) == 0
     assert "report:" in capsys.readouterr().out
     assert json.loads((tmp_path / "c" / "results.json").read_text())["results"]["n_occurrences"] == 5
+
+
+def test_compare_reports_cli(tiny_models, tmp_path, cache_dir, capsys):
+    a = run_study("coffee-mi", model=tiny_models["gpt2"], out=tmp_path / "a", overrides={"knn": False},
+                  reports_root=tmp_path)
+    b = run_study("coffee-mi", model=tiny_models["llama"], out=tmp_path / "b", overrides={"knn": False},
+                  reports_root=tmp_path)
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "report.html").is_file()
+    assert main(["compare", str(tmp_path / "nothing")]) == 2
+    assert capsys.readouterr().err.startswith("error: ")
