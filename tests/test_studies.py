@@ -102,3 +102,22 @@ def test_compare_reports_cli(tiny_models, tmp_path, cache_dir, capsys):
     assert (tmp_path / "cmp" / "compare.png").is_file() and (tmp_path / "cmp" / "report.html").is_file()
     assert main(["compare", str(tmp_path / "nothing")]) == 2
     assert capsys.readouterr().err.startswith("error: ")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "gpt-neo", "bert"])
+def test_path_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
+    from lamina.studies.texts import PHILOSOPHER_PARAGRAPH
+
+    model = tiny_models[arch]
+    short = tmp_path / "short.txt"  # the tiny 512-token vocabulary splits the full paragraph into ~850 tokens
+    short.write_text(PHILOSOPHER_PARAGRAPH[:700])
+    folder = run_study("path-length", model=model, out=tmp_path / "pl", text_file=short, reports_root=tmp_path)
+    doc = _check_report(folder, {"n_tokens", "per_layer", "final_step_ratio"})
+    pl = doc["results"]["per_layer"]
+    assert len(pl) == model.n_layers
+    assert {"pearson", "pearson_with_token0", "spearman", "p_adjusted"} <= set(pl[0]["attn"])
+    if model.adapter.pre_norm:
+        # Pre-norm: the hidden step is attn + mlp, so |step|^2 = |a|^2 + |m|^2 + 2 cos |a||m| (checked on means).
+        arrays = np.load(folder / "arrays.npz")
+        a, m, h, c = arrays["pl_attn"], arrays["pl_mlp"], arrays["pl_hidden"], arrays["cos"]
+        np.testing.assert_allclose(h**2, a**2 + m**2 + 2 * c * a * m, rtol=1e-6, atol=1e-12)

@@ -23,3 +23,23 @@ def corpus_text(user_corpus: str | None = None) -> tuple[str, str]:
     from ..testing import offline_text
 
     return offline_text(), "pydoc_data.topics (Python's help topics, ships with Python)"
+
+#: An encyclopedia-style paragraph of ~300+ tokens about a philosopher, written for lamina.
+PHILOSOPHER_PARAGRAPH = (
+    "Baruch Spinoza was a Dutch philosopher of Portuguese Jewish origin, born in Amsterdam in 1632. Raised in "
+    "the Jewish community of the city, he was educated in Hebrew and in the commentaries on scripture, and he "
+    "worked for some years in the family trading business. As a young man he came to doubt many of the "
+    "doctrines he had been taught, and in 1656 the leaders of the synagogue expelled him with a severe "
+    "writ of exclusion. He left the city, earned a modest living by grinding lenses for microscopes and "
+    "telescopes, and kept up a wide correspondence with scientists and scholars across Europe. His most "
+    "famous work, the Ethics, was written in the manner of a geometry book, with definitions, axioms and "
+    "propositions followed by proofs. In it he argued that there is only one substance, which he called God "
+    "or Nature, and that minds and bodies are two aspects of that single reality rather than separate "
+    "things. Human freedom, on this view, does not mean escaping the chain of causes; it means understanding "
+    "that chain clearly, so that reason can govern the passions. His Theological-Political Treatise defended "
+    "the freedom to think and to speak, and it read the Bible as a historical document written by many "
+    "hands. The book caused a scandal and was banned, and the Ethics appeared only after his death in 1677, "
+    "when he was forty-four. Later thinkers of the Enlightenment, and poets and scientists of the following "
+    "centuries, found in his work a bold picture of a world governed by necessary laws, and he is now counted "
+    "among the great rationalists of the early modern period."
+)
