@@ -75,6 +75,16 @@ def test_correlate_columns_equals_corrcoef():
             ref = sps.pearsonr(x, Y[g, :, j])
             assert r[g, j] == pytest.approx(ref.statistic, abs=TOL)
             assert p[g, j] == pytest.approx(ref.pvalue, rel=1e-6, abs=1e-12)
+    # Several vectors at once share one centred copy of Y: (k, n) -> (k, ..., m), row by row the same.
+    X2 = np.stack([x, rng.normal(size=80), x**2])
+    Y[1, :, 3] = 5.0  # a constant column correlates 0 (np.corrcoef would give NaN)
+    both = correlate_columns(X2, Y)
+    assert both.shape == (3, 2, 7)
+    for k in range(3):
+        np.testing.assert_allclose(both[k], correlate_columns(X2[k], Y), atol=1e-15)  # identical arithmetic
+        assert both[k, 1, 3] == 0.0
+        for j in (0, 6):
+            assert both[k, 0, j] == pytest.approx(np.corrcoef(X2[k], Y[0, :, j])[0, 1], abs=TOL)
 
 
 def test_partial_correlation_matches_residual_method():
@@ -176,6 +186,23 @@ def test_distributions():
     rng = np.random.default_rng(9)
     assert bimodality_bic(np.r_[rng.normal(-3, 1, 500), rng.normal(3, 1, 500)])["bimodal"]
     assert not bimodality_bic(rng.normal(size=1000))["bimodal"]
+    # Heavy tails alone win the BIC (a narrow and a wide component with one centre) but are not two modes.
+    heavy = bimodality_bic(rng.standard_t(2, size=5000))
+    assert heavy["delta_bic"] > 10 and heavy["ashman_d"] < 2 and not heavy["bimodal"]
+    # Ashman's D against its definition for two well-fitted modes: D = sqrt(2) * 6 / sqrt(1 + 1) = 6 (+- fit).
+    assert abs(bimodality_bic(np.r_[rng.normal(-3, 1, 5000), rng.normal(3, 1, 5000)])["ashman_d"] - 6) < 0.2
+
+
+def test_partial_from_correlations_matches_residual_method():
+    rng = np.random.default_rng(10)
+    z = rng.normal(size=400)
+    x = z + rng.normal(size=400)
+    Y = 0.5 * z[:, None] + rng.normal(size=(400, 6))
+    got = stats.partial_from_correlations(stats.correlate_columns(x, Y), stats.correlate_columns(z, Y),
+                                          np.corrcoef(x, z)[0, 1])
+    rx = x - np.polyval(np.polyfit(z, x, 1), z)
+    want = [np.corrcoef(rx, Y[:, j] - np.polyval(np.polyfit(z, Y[:, j], 1), z))[0, 1] for j in range(6)]
+    np.testing.assert_allclose(got, want, atol=1e-12)  # the same quantity computed two ways: rounding only
 
 
 def test_public_api_is_documented():

@@ -121,3 +121,75 @@ def test_path_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
         arrays = np.load(folder / "arrays.npz")
         a, m, h, c = arrays["pl_attn"], arrays["pl_mlp"], arrays["pl_hidden"], arrays["cos"]
         np.testing.assert_allclose(h**2, a**2 + m**2 + 2 * c * a * m, rtol=1e-6, atol=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_token_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
+    from lamina import capture
+    from lamina.studies.texts import corpus_text
+    from lamina.studies.token_length import R_EDGES, TokenLengthConfig, corpus_windows, token_lengths
+
+    model = tiny_models[arch]
+    settings = {"n_tokens": 600, "seq_len": 128, "skip_tokens": 50}
+    folder = run_study("token-length", model=model, out=tmp_path / "tl", overrides=settings, reports_root=tmp_path)
+    doc = _check_report(folder, {"per_layer", "length", "block", "comparison", "r_length_log_freq",
+                                 "short_token_bimodality"})
+    res = doc["results"]
+    assert res["n_tokens"] == 600 and res["n_windows"] == 5 and len(res["per_layer"]) == model.n_layers
+    assert res["comparison"]["model"]["name"].endswith("-random-init")
+    assert len(doc["claims"]) == 6  # five from the write-up plus the random-init null
+    # Recompute one layer's r per neuron with np.corrcoef from a plain capture of the same windows.
+    config = TokenLengthConfig(**settings)
+    windows, counts, _ = corpus_windows(model, corpus_text()[0], config)
+    flat = np.concatenate(windows)
+    assert counts.sum() >= flat.size and np.all(counts[flat] > 0)
+    lengths = token_lengths(model, flat)
+    layer = model.n_layers - 1
+    A = capture(model, windows, f"blocks.{layer}.mlp.hook_pre", add_special_tokens=False).numpy(
+        f"blocks.{layer}.mlp.hook_pre")
+    r = np.array([np.corrcoef(lengths, A[:, j])[0, 1] for j in range(A.shape[1])])
+    # float32 activations, float64 statistics in both: agreement to float64 rounding of the same numbers.
+    assert res["per_layer"][layer]["mean_r"] == pytest.approx(r.mean(), abs=1e-10)
+    assert res["per_layer"][layer]["std_r"] == pytest.approx(r.std(), abs=1e-10)
+    hist = np.load(folder / "arrays.npz")["r_hist"][layer]
+    np.testing.assert_array_equal(hist, np.histogram(r, R_EDGES)[0])
+
+
+def test_token_lengths_count_the_space_by_choice(tiny_models):
+    from lamina.studies.token_length import token_lengths
+
+    gpt2, bert = tiny_models["gpt2"], tiny_models["bert"]
+    ids = gpt2.tokenizer(" the cat", add_special_tokens=False)["input_ids"]
+    decoded = [gpt2.tokenizer.decode([i]) for i in ids]
+    assert token_lengths(gpt2, ids).tolist() == [len(s) for s in decoded]
+    assert token_lengths(gpt2, ids, "stripped").tolist() == [len(s.strip()) for s in decoded]
+    pieces = bert.tokenizer("unbelievable", add_special_tokens=False)["input_ids"]
+    text = [bert.tokenizer.convert_ids_to_tokens(i).removeprefix("##") for i in pieces]
+    assert token_lengths(bert, pieces).tolist() == [len(s) for s in text]  # "##" is not a character
+
+
+def test_random_init_copy_is_a_seeded_null(tiny_models):
+    import torch
+
+    from lamina.capture import random_init_copy
+
+    model = tiny_models["llama"]
+    a, b, c = random_init_copy(model, seed=3), random_init_copy(model, seed=3), random_init_copy(model, seed=4)
+    pa, pb, pc, po = (dict(m.hf.named_parameters()) for m in (a, b, c, model))
+    assert pa.keys() == po.keys()
+    name = next(k for k in pa if k.endswith("q_proj.weight"))
+    assert torch.equal(pa[name], pb[name]) and not torch.equal(pa[name], pc[name])
+    assert not torch.equal(pa[name], po[name])
+    assert a.provenance["source"] == "random-init" and a.sites() == model.sites()
+
+
+def test_cli_several_models_writes_a_comparison(tiny_paths, tmp_path, cache_dir, capsys):
+    text = tmp_path / "t.txt"
+    text.write_text("The river bends twice before it reaches the sea, and the town sits on the second bend.")
+    argv = ["run", "path-length", "--text-file", str(text), "--out", str(tmp_path / "many"),
+            "--model", str(tiny_paths["gpt2"]), "--model", str(tiny_paths["llama"])]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "comparison:" in out
+    assert (tmp_path / "many" / "path-length" / "compare" / "report.html").is_file()
+    assert len(list((tmp_path / "many" / "path-length").glob("*/results.json"))) == 2

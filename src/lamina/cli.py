@@ -72,14 +72,21 @@ def _parse_sets(pairs: list[str]) -> dict[str, str]:
 
 
 def _cmd_run(args) -> int:
+    from .report.compare import compare_reports
     from .studies import run_study
 
     models = args.model or ["default"]
-    for model in models:
-        out = run_study(args.study, model=model, out=args.out if len(models) == 1 else None,
-                        text_file=args.text_file, corpus=args.corpus, overrides=_parse_sets(args.set),
-                        device=args.device, dtype=args.dtype, compare=models if len(models) > 1 else None)
+    several = len(models) > 1
+    root = Path(args.out) if several and args.out else Path("reports")
+    folders = []
+    for model in models:  # several models: each under ROOT/<study>/<model>/, then the overlay
+        out = run_study(args.study, model=model, out=None if several else args.out, text_file=args.text_file,
+                        corpus=args.corpus, overrides=_parse_sets(args.set), device=args.device,
+                        dtype=args.dtype, reports_root=root)
+        folders.append(out)
         print(f"report: {out / 'report.html'}")
+    if several:
+        print(f"comparison: {compare_reports(folders, root / args.study / 'compare')}")
     return 0
 
 
@@ -135,7 +142,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="run a study and write its report")
     p.add_argument("study")
-    p.add_argument("--out", default=None, help="output folder (default reports/<study>/<model>/)")
+    p.add_argument("--out", default=None, help="output folder (default reports/<study>/<model>/); with several "
+                   "--model, the root of their folders and of the comparison")
     p.add_argument("--text-file", default=None)
     p.add_argument("--corpus", default=None)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")

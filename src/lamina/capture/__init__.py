@@ -3,7 +3,7 @@
 from . import select
 from .activations import Activations, Rows
 from .adapters import ADAPTERS, ArchAdapter, HookPoint, adapter_for_name
-from .models import Model, load_model
+from .models import Model, load_model, random_init_copy
 from .run import capture, measure_widths, residual_sites, tokenize
 
 __all__ = [
@@ -17,6 +17,7 @@ __all__ = [
     "capture",
     "load_model",
     "measure_widths",
+    "random_init_copy",
     "residual_sites",
     "select",
     "tokenize",

