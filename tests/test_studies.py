@@ -193,3 +193,47 @@ def test_cli_several_models_writes_a_comparison(tiny_paths, tmp_path, cache_dir,
     assert "comparison:" in out
     assert (tmp_path / "many" / "path-length" / "compare" / "report.html").is_file()
     assert len(list((tmp_path / "many" / "path-length").glob("*/results.json"))) == 2
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_qkv_similarity_end_to_end(tiny_models, tmp_path, cache_dir, arch):
+    from lamina import capture
+    from lamina.studies.qkv_similarity import S_EDGES, target_and_previous
+    from lamina.studies.texts import HER_SENTENCES
+
+    model = tiny_models[arch]
+    folder = run_study("qkv-similarity", model=model, out=tmp_path / "q", reports_root=tmp_path)
+    doc = _check_report(folder, {"n_sentences", "layer", "widths", "detail", "per_layer"})
+    res = doc["results"]
+    widths = model.site_widths()
+    assert res["widths"] == {p: widths[f"blocks.0.attn.hook_{p.lower()}"] for p in "QKV"}  # GQA: K, V narrower
+    assert len(res["per_layer"]) == model.n_layers and len(doc["claims"]) == 7
+    # The QK block of the target's cosine matrix, recomputed by hand from a plain capture.
+    layer = res["layer"]
+    acts = capture(model, list(HER_SENTENCES), f"blocks.{layer}.attn.hook_[qk]",
+                   positions=target_and_previous("her"))
+    q = acts.numpy(f"blocks.{layer}.attn.hook_q")[1::2]
+    k = acts.numpy(f"blocks.{layer}.attn.hook_k")[1::2]
+    qn = q / np.linalg.norm(q, axis=0)
+    kn = k / np.linalg.norm(k, axis=0)
+    hist = np.load(folder / "arrays.npz")["target_cosine_QK"]
+    want = np.histogram(np.clip(qn.T @ kn, -1, 1).ravel(), S_EDGES)[0]
+    # Same float64 numbers up to summation order: only values within ~1e-12 of a bin edge could move.
+    assert np.abs(hist - want).sum() <= 2
+    assert hist.sum() == q.shape[1] * k.shape[1]
+
+
+def test_qkv_similarity_user_sentences_and_errors(tiny_models, tmp_path, cache_dir):
+    model = tiny_models["gpt2"]
+    good = tmp_path / "s.txt"
+    good.write_text("\n".join(f"The {w} saw the cat near the door." for w in
+                              ("girl", "man", "boy", "dog", "teacher", "farmer")))
+    folder = run_study("qkv-similarity", model=model, out=tmp_path / "q", text_file=good,
+                       overrides={"target": "cat"}, reports_root=tmp_path)
+    assert json.loads((folder / "results.json").read_text())["results"]["n_sentences"] == 6
+    bad = tmp_path / "bad.txt"
+    bad.write_text("\n".join(["Her cat sleeps."] + ["We saw her today."] * 5))
+    with pytest.raises(LaminaError, match="no token before it"):
+        run_study("qkv-similarity", model=model, out=tmp_path / "b", text_file=bad, reports_root=tmp_path)
+    with pytest.raises(LaminaError, match="not found in sentence"):
+        run_study("qkv-similarity", model=model, out=tmp_path / "c", text_file=good, reports_root=tmp_path)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COFFEE_PARAGRAPH", "corpus_text"]
+__all__ = ["COFFEE_PARAGRAPH", "PHILOSOPHER_PARAGRAPH", "HER_SENTENCES", "corpus_text"]
 
 #: An encyclopedia-style paragraph with the word "coffee" exactly 7 times (first at the second word).
 COFFEE_PARAGRAPH = (
@@ -42,4 +42,62 @@ PHILOSOPHER_PARAGRAPH = (
     "when he was forty-four. Later thinkers of the Enlightenment, and poets and scientists of the following "
     "centuries, found in his work a bold picture of a world governed by necessary laws, and he is now counted "
     "among the great rationalists of the early modern period."
+)
+
+#: 54 short sentences, each with the word "her" exactly once and never first (the qkv-similarity target).
+HER_SENTENCES = (
+    "I saw her at the market this morning.",
+    "We gave her a book on Friday.",
+    "The teacher asked her to read the poem aloud.",
+    "Nobody told her about the change of plans.",
+    "He wrote her a long letter from the coast.",
+    "The dog followed her all the way home.",
+    "They invited her to join the choir.",
+    "Did you call her after the meeting?",
+    "The rain caught her without an umbrella.",
+    "My brother met her at the train station.",
+    "The judge thanked her for the clear answer.",
+    "A stranger handed her a folded map.",
+    "The noise woke her just before dawn.",
+    "Please remind her to lock the door.",
+    "The committee chose her as the new leader.",
+    "Everyone in the village knew her by name.",
+    "The old photograph reminded her of summer.",
+    "The coach pushed her to run one more lap.",
+    "I will show her the garden tomorrow.",
+    "The doctor told her to rest for a week.",
+    "Their answer surprised her more than anyone.",
+    "The captain sent her a message by radio.",
+    "We found her reading under the oak tree.",
+    "The crowd cheered her as she crossed the line.",
+    "The letter made her laugh out loud.",
+    "His silence worried her during the long drive.",
+    "The manager promoted her after one year.",
+    "A small boat carried her across the lake.",
+    "The cold wind pushed her back toward the house.",
+    "The children drew her a picture of a horse.",
+    "Music always helped her fall asleep.",
+    "The museum hired her to restore old maps.",
+    "Nothing could stop her from finishing the race.",
+    "The smell of bread led her into the bakery.",
+    "The professor praised her careful work.",
+    "The cat watched her every evening.",
+    "The storm kept her indoors all weekend.",
+    "An old friend visited her in the spring.",
+    "The town gave her a medal for courage.",
+    "The phone call left her speechless.",
+    "The guide led her through the narrow streets.",
+    "A loud bell called her back to class.",
+    "The clerk helped her with the heavy boxes.",
+    "The news reached her late at night.",
+    "The film moved her to tears.",
+    "We asked her what she wanted for dinner.",
+    "The kitten climbed onto her lap and slept.",
+    "Sunlight warmed her face through the window.",
+    "The baker saved her the last loaf.",
+    "The long journey tired her more than she expected.",
+    "The puzzle kept her busy for hours.",
+    "The river carried her small paper boat away.",
+    "The band played her favourite song twice.",
+    "The question gave her a moment to think.",
 )
