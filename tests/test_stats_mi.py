@@ -12,6 +12,7 @@ from hypothesis.extra.numpy import arrays
 
 from lamina import LaminaError
 from lamina.stats import (
+    joint_entropy,
     entropy,
     gaussian_mutual_information,
     mutual_information,
@@ -176,3 +177,15 @@ def test_properties(x, seed, trim_z):
     # power of two keeps every floating-point comparison exact.
     assert abs(mutual_information(4.0 * x + 0.0, y, trim_z=trim_z) - xy) < EXACT
     assert abs(mutual_information(x, y + 3.0, trim_z=None) - mutual_information(x, y)) < 1e-6 or trim_z
+
+
+def test_joint_entropy_equals_histogram2d():
+    rng = np.random.default_rng(11)
+    x = rng.normal(size=3000)
+    y = 0.6 * x + rng.standard_t(3, size=3000)
+    for bins in (15, 25):
+        counts = np.histogram2d(x, y, bins=bins)[0].ravel()
+        p = counts[counts > 0] / counts.sum()
+        want = -np.sum(p * np.log2(p))
+        # Two summation orders of the same p log p terms: float64 rounding only.
+        assert joint_entropy(x, y, bins=bins) == pytest.approx(want, abs=1e-10)

@@ -16,6 +16,7 @@ from .mi import (
     BIN_RULES,
     entropy,
     gaussian_mutual_information,
+    joint_entropy,
     mutual_information,
     mutual_information_null,
     naive_mutual_information,
@@ -30,6 +31,7 @@ from .similarity import (
     correlation_matrix,
     cosine_similarity_matrix,
     covariance_matrix,
+    masked_correlation_matrix,
 )
 
 __all__ = [
@@ -53,9 +55,11 @@ __all__ = [
     "fixed_histogram",
     "gaussian_mutual_information",
     "independent_ttest",
+    "joint_entropy",
     "kendall_tau_a",
     "label_blocks",
     "label_product_mask",
+    "masked_correlation_matrix",
     "mutual_information",
     "mutual_information_null",
     "naive_mutual_information",

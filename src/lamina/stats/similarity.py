@@ -17,6 +17,7 @@ __all__ = [
     "cosine_similarity_matrix",
     "column_cosine_similarity",
     "column_correlation",
+    "masked_correlation_matrix",
 ]
 
 
@@ -76,3 +77,38 @@ def column_correlation(X) -> np.ndarray:
     """Pearson correlation between every pair of columns (mean-centre each column first): (..., s, m) ->
     (..., m, m)."""
     return correlation_matrix(np.swapaxes(_as_float(X), -1, -2))
+
+
+def masked_correlation_matrix(X, keep) -> np.ndarray:
+    """Pearson correlation between every pair of rows over the dimensions both rows keep.
+
+    For rows i and j only the dimensions with ``keep[i] & keep[j]`` count (e.g. the complement of each
+    vector's |z| outliers, as the trimmed MI uses). Exact and vectorised: the five pairwise sums are matrix
+    products of the masked rows.
+
+    Args:
+        X: (..., n, d) values.
+        keep: (..., n, d) booleans.
+
+    Returns:
+        (..., n, n) correlations; a pair with fewer than 2 shared dimensions or a constant row gets 0.
+    """
+    X = _as_float(X)
+    M = np.asarray(keep, dtype=np.float64)
+    if M.shape != X.shape:
+        raise LaminaError(f"keep must have the shape of X {X.shape}; got {M.shape}")
+    XM = np.where(M > 0, X, 0.0)
+    shift = (XM.sum(axis=-1, keepdims=True) / np.maximum(M.sum(axis=-1, keepdims=True), 1))
+    XM = np.where(M > 0, X - shift, 0.0)  # centring each row first keeps the sums well conditioned
+    t = lambda A: np.swapaxes(A, -1, -2)  # noqa: E731
+    n = M @ t(M)
+    sx = XM @ t(M)  # sum of row i's kept values over the shared dimensions
+    sxx = (XM**2) @ t(M)
+    sxy = XM @ t(XM)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        cov = sxy - sx * t(sx) / n
+        var_i = sxx - sx**2 / n
+        var_j = t(var_i)
+        r = cov / np.sqrt(var_i * var_j)
+    ok = (n >= 2) & (var_i > 1e-12 * np.maximum(sxx, 1e-300)) & (var_j > 1e-12 * np.maximum(t(sxx), 1e-300))
+    return np.clip(np.where(ok, r, 0.0), -1.0, 1.0)

@@ -51,7 +51,7 @@ class Study:
     compute: Callable
     figures: Callable
     demo: bool = True  # run by `lamina demo`
-    needs: str = "any"  # "any", "causal" or "masked"
+    needs: str = "any"  # "any", "causal", "masked" or "none" (synthetic data, no model)
 
 
 #: Registered studies by name.

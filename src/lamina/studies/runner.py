@@ -30,6 +30,17 @@ def load_cached(spec, device="cpu", dtype=None):
     return _MODELS[key]
 
 
+class NoModel:
+    """Stands in for a model in studies that need none (``needs="none"``, e.g. synthetic data)."""
+
+    name = "synthetic"
+    provenance = {"source": "none: synthetic data generated from the config's seed"}
+    is_masked_lm = False
+
+    def summary(self) -> dict:
+        return {"name": "synthetic data (no model)", "n_layers": None}
+
+
 def _read(path) -> str | None:
     if path is None:
         return None
@@ -65,9 +76,11 @@ def run_study(name: str, *, model="default", out=None, text_file=None, corpus=No
 
     study = get_study(name)
     config = parse_overrides(study.config_cls, overrides)
-    loaded = load_cached(model, device, dtype)
+    loaded = NoModel() if study.needs == "none" else load_cached(model, device, dtype)
     if study.needs == "masked" and not loaded.is_masked_lm:
         raise LaminaError(f"study {name!r} needs a masked LM (BERT); {loaded.name} is a causal LM")
+    if study.needs == "causal" and loaded.is_masked_lm:
+        raise LaminaError(f"study {name!r} needs a causal LM; {loaded.name} is a masked LM")
     folder = Path(out) if out else Path(reports_root) / name / _slug(loaded.name)
     inputs = StudyInputs(text=_read(text_file), corpus=_read(corpus), text_file=text_file, corpus_file=corpus)
     started = time.perf_counter()
@@ -98,6 +111,6 @@ def run_demo(model="default", root: Path = Path("reports"), device="cpu", only=N
             print(f"skip {name}: needs a causal LM")
             continue
         started = time.perf_counter()
-        folder = run_study(name, model=loaded, reports_root=root)
+        folder = run_study(name, model=NoModel() if study.needs == "none" else loaded, reports_root=root)
         print(f"{name}: {time.perf_counter() - started:.1f} s -> {folder / 'report.html'}")
     return write_index(root)
