@@ -110,6 +110,8 @@ class ArchAdapter:
         masked_lm: True for masked LMs (loaded with ``AutoModelForMaskedLM``).
         pre_norm: True when ``resid_post == resid_pre + attn_out + mlp_out`` holds.
         gated_mlp: True when the MLP is ``down(act(gate(x)) * up(x))``.
+        absolute_positions: True when learned position embeddings are added to the token embeddings (so the
+            first residual state depends on position; rotary models keep positions out of the stream).
     """
 
     name: str
@@ -121,6 +123,7 @@ class ArchAdapter:
     masked_lm: bool = False
     pre_norm: bool = True
     gated_mlp: bool = False
+    absolute_positions: bool = False
     notes: str = ""
     extra: dict = field(default_factory=dict)
 
@@ -136,6 +139,7 @@ def _block(prefix: str, **kinds: HookPoint) -> dict[str, HookPoint]:
 
 _GPT2 = ArchAdapter(
     name="gpt2",
+    absolute_positions=True,
     model_types=("gpt2",),
     blocks="transformer.h",
     base="transformer",
@@ -157,6 +161,7 @@ _GPT2 = ArchAdapter(
 
 _GPT_NEO = ArchAdapter(
     name="gpt-neo",
+    absolute_positions=True,
     model_types=("gpt_neo",),
     blocks="transformer.h",
     base="transformer",
@@ -222,6 +227,7 @@ _LLAMA = ArchAdapter(
 
 _BERT = ArchAdapter(
     name="bert",
+    absolute_positions=True,
     model_types=("bert",),
     blocks="bert.encoder.layer",
     base="bert",
@@ -236,6 +242,7 @@ _BERT = ArchAdapter(
         mlp__hook_post=HookPoint("bert.encoder.layer.{l}.output.dense", "input"),
     ),
     final_sites={"logits": HookPoint("cls")},
+    extra={"mlm_decoder": "cls.predictions.decoder"},  # the MLM head's last layer alone (the "wrong" lens)
     masked_lm=True,
     pre_norm=False,
     notes=(
