@@ -227,7 +227,9 @@ def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     im = ax.imshow(a["top_prob"][:, :n_pos], aspect="auto", origin="lower", cmap="Blues", vmin=0, vmax=1)
     for layer in range(n_states):
         for p in range(n_pos):
-            ax.text(p, layer, repr(grid[layer][p])[1:-1][:10], ha="center", va="center", fontsize=5)
+            dark = a["top_prob"][layer, p] > 0.6
+            ax.text(p, layer, repr(grid[layer][p])[1:-1][:10], ha="center", va="center", fontsize=6,
+                    color="white" if dark else "black")
     ax.set_xticks(range(n_pos), [repr(t)[1:-1] for t in tokens], rotation=60, fontsize=7)
     ax.set(ylabel="hidden state (0 = embeddings)", title="top prediction per layer and position (colour: its "
            "probability)")

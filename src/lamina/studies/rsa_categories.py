@@ -145,7 +145,7 @@ def compute(model, config: RSAConfig, inputs) -> StudyOutput:
     for a, b in PAIRS:
         stat, pval = compare_rdms(matrices[a], matrices[b], config.rsa_method)
         detail[f"rsa_{a}{b}"] = {"statistic": stat, "p": pval}
-    results = {"layer": layer, "words": [{"category": c, "word": w} for c, w, _ in kept], "dropped": dropped,
+    results = {"layer": layer, "similarity": config.similarity, "words": [{"category": c, "word": w} for c, w, _ in kept], "dropped": dropped,
                "counts": counts, "detail": detail, "per_layer": per_layer}
     arrays = {f"sim_{p}": matrices[p] for p in PARTS}
     return StudyOutput(results, _claims(results), arrays=arrays, resolved={"layer": layer})
@@ -188,12 +188,16 @@ def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     files = []
     fig, axes = new_figure(1, 3, size=(17, 5.5))
     for ax, p in zip(axes[0], PARTS):
-        im = ax.imshow(a[f"sim_{p}"], cmap="RdBu_r", vmin=-1, vmax=1)
+        S = a[f"sim_{p}"]
+        off = S[~np.eye(len(S), dtype=bool)]
+        lo, hi = np.percentile(off, [1, 99])  # the off-diagonal range: offsets make everything look alike
+        im = ax.imshow(S, cmap="viridis", vmin=lo, vmax=hi)
         ax.set_xticks(range(len(words)), words, rotation=90, fontsize=6)
         ax.set_yticks(range(len(words)), words, fontsize=6)
         ax.set_title(f"{p} at layer {r['layer']}: selectivity {r['detail'][p]['selectivity']:.2f}")
         fig.colorbar(im, ax=ax, shrink=0.7)
-    files.append((save(fig, folder, "matrices"), f"Word x word similarity ({output.resolved.get('layer')})"))
+    files.append((save(fig, folder, "matrices"), f"Word x word {r['similarity']} at layer {r['layer']} (colour "
+                  "range: off-diagonal 1-99th percentile)"))
 
     pl = r["per_layer"]
     layers = [p["layer"] for p in pl]
