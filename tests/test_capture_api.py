@@ -75,6 +75,11 @@ def test_nan_activations_are_reported(tiny_models):
         emb.data[:] = float("nan")
         with pytest.raises(LaminaError, match="NaN"):
             lamina.capture(model, COFFEE, "blocks.0.hook_resid_post")
+        emb.data.copy_(saved)
+        last = model.tokenizer(COFFEE)["input_ids"][-1]
+        emb.data[last, 3] = float("inf")  # one value of one token: the last row of resid_pre[0] only
+        with pytest.raises(LaminaError, match="NaN or infinite"):
+            lamina.capture(model, COFFEE, "blocks.0.hook_resid_pre")
     finally:
         emb.data.copy_(saved)
 

@@ -237,3 +237,17 @@ def test_qkv_similarity_user_sentences_and_errors(tiny_models, tmp_path, cache_d
         run_study("qkv-similarity", model=model, out=tmp_path / "b", text_file=bad, reports_root=tmp_path)
     with pytest.raises(LaminaError, match="not found in sentence"):
         run_study("qkv-similarity", model=model, out=tmp_path / "c", text_file=good, reports_root=tmp_path)
+
+
+def test_default_text_is_cut_to_the_context_user_text_is_not(tiny_models, tmp_path, cache_dir):
+    from lamina.studies.texts import PHILOSOPHER_PARAGRAPH
+
+    model = tiny_models["gpt2"]  # 512 positions; the built-in paragraph is ~850 tokens for its tiny vocabulary
+    folder = run_study("path-length", model=model, out=tmp_path / "p", reports_root=tmp_path)
+    res = json.loads((folder / "results.json").read_text())["results"]
+    assert "cut to the model's 512-token context" in res["text_source"]
+    assert 500 <= res["n_tokens"] <= 512
+    long = tmp_path / "long.txt"
+    long.write_text(PHILOSOPHER_PARAGRAPH)
+    with pytest.raises(LaminaError, match="takes at most 512"):
+        run_study("path-length", model=model, out=tmp_path / "q", text_file=long, reports_root=tmp_path)

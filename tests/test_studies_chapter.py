@@ -11,6 +11,7 @@ import pytest
 from lamina import LaminaError, capture
 from lamina.capture import residual_sites
 from lamina.studies import run_study
+from lamina.testing import single_token_words
 
 
 def _doc(folder):
@@ -67,25 +68,13 @@ def test_qkv_layers(tiny_models, tmp_path, cache_dir, arch):
         assert first == pytest.approx(1.0, abs=1e-6)  # rotary: the layer-0 query of one token is one vector
 
 
-def _single_token_words(model, n: int) -> list[str]:
-    from lamina.testing import offline_text
-
-    words = []
-    for w in dict.fromkeys(offline_text()[:20000].lower().split()):
-        if w.isalpha() and len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1:
-            words.append(w)
-        if len(words) == n:
-            break
-    return words
-
-
 def test_rsa_categories(tiny_models, tmp_path, cache_dir):
     from lamina.stats import category_selectivity, correlation_matrix
 
     model = tiny_models["gpt-neox"]
     with pytest.raises(LaminaError, match="too few single-token words"):
         run_study("rsa-categories", model=model, out=tmp_path / "bad", reports_root=tmp_path)
-    words = _single_token_words(model, 12)
+    words = single_token_words(model, 12)
     cats = tmp_path / "cats.txt"
     cats.write_text("\n".join(f"c{i}: {', '.join(words[4 * i:4 * i + 4])}" for i in range(3)))
     folder = run_study("rsa-categories", model=model, out=tmp_path / "r", text_file=cats,

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["offline_text", "train_tokenizer", "tiny_config", "make_tiny_model", "TINY_ARCHS"]
+__all__ = ["offline_text", "train_tokenizer", "tiny_config", "make_tiny_model", "single_token_words", "TINY_ARCHS"]
 
 #: Architectures :func:`make_tiny_model` builds (lamina adapter names).
 TINY_ARCHS = ("gpt2", "gpt-neo", "gpt-neox", "llama", "bert")
@@ -119,3 +119,15 @@ def make_tiny_model(arch: str, path: str | Path, *, seed: int = 0, tokenizer=Non
     model.save_pretrained(path)
     tokenizer.save_pretrained(path)
     return path
+
+
+def single_token_words(model, n: int, *, source: str | None = None) -> list[str]:
+    """The first ``n`` distinct alphabetic words of ``source`` (default: the offline prose) that the model's
+    tokenizer keeps as one token after a space (tiny vocabularies split most nouns)."""
+    words = []
+    for w in dict.fromkeys((source or offline_text(40000)).lower().split()):
+        if w.isalpha() and len(model.tokenizer(" " + w, add_special_tokens=False)["input_ids"]) == 1:
+            words.append(w)
+            if len(words) == n:
+                return words
+    raise ValueError(f"only {len(words)} single-token words found; pass a longer source")

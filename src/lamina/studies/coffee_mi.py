@@ -18,7 +18,7 @@ from ..errors import LaminaError
 from ..stats import correct_pvalues, correlate, fisher_z_compare, independent_ttest, pairwise_mutual_information
 from ..stats import trim_mask
 from .base import Claim, StudyOutput, register, scaled_layer
-from .texts import COFFEE_PARAGRAPH
+from .texts import COFFEE_PARAGRAPH, default_text
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def _site_stats(mi: np.ndarray, distance: np.ndarray) -> list[dict]:
 @register("coffee-mi", "MI between the contexts of a repeated word vs token distance (attention/MLP, all layers)",
           CoffeeMIConfig)
 def compute(model, config: CoffeeMIConfig, inputs) -> StudyOutput:
-    text = inputs.get("text") or COFFEE_PARAGRAPH
+    text, text_info = default_text(model, inputs.get("text"), COFFEE_PARAGRAPH)
     n_layers = model.n_layers
     layer = config.layer if config.layer is not None else scaled_layer(3, 48, n_layers)
     if not 0 <= layer < n_layers:
@@ -125,6 +125,7 @@ def compute(model, config: CoffeeMIConfig, inputs) -> StudyOutput:
     keep = trim_mask(attn[layer, :2], config.trim_z)
     outlier = ~(keep[0] & keep[1])
     results = {
+        **text_info,
         "word": config.word,
         "n_occurrences": n,
         "positions": positions.tolist(),

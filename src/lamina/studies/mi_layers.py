@@ -26,7 +26,7 @@ from ..stats import (
     upper_triangle,
 )
 from .base import Claim, StudyOutput, register
-from .texts import PHILOSOPHER_PARAGRAPH
+from .texts import PHILOSOPHER_PARAGRAPH, default_text
 
 N_HIST_BINS = 60
 
@@ -54,7 +54,7 @@ class MILayersConfig:
 @register("mi-layers", "Pairwise MI between token vectors through every layer, beside covariance and correlation",
           MILayersConfig)
 def compute(model, config: MILayersConfig, inputs) -> StudyOutput:
-    text = inputs.get("text") or PHILOSOPHER_PARAGRAPH
+    text, text_info = default_text(model, inputs.get("text"), PHILOSOPHER_PARAGRAPH)
     acts = capture(model, text, residual_sites(model), cache=True)
     hidden = acts.residual_stream().double().numpy()  # (L + 1, T, d)
     start = 1 if config.skip_first else 0
@@ -89,7 +89,7 @@ def compute(model, config: MILayersConfig, inputs) -> StudyOutput:
     keep = rng.choice(mi_pairs.shape[1], min(2000, mi_pairs.shape[1]), replace=False)  # scatter plots only
     arrays.update({"scatter_mi": mi_pairs[:, keep], "scatter_corr": corr_pairs[:, keep],
                    "scatter_cov": cov_pairs[:, keep]})
-    results = {"n_tokens": int(hidden.shape[1]), "n_pairs": int(mi_pairs.shape[1]), "bins_resolved": int(bins),
+    results = {**text_info, "n_tokens": int(hidden.shape[1]), "n_pairs": int(mi_pairs.shape[1]), "bins_resolved": int(bins),
                "per_layer": per_layer}
     return StudyOutput(results, _claims(per_layer), arrays=arrays, resolved={"bins": int(bins)})
 

@@ -16,7 +16,7 @@ from ..capture import capture, residual_sites
 from ..errors import LaminaError
 from ..stats import adjustment_cosine, correct_pvalues, correlate, path_lengths
 from .base import Claim, StudyOutput, register
-from .texts import PHILOSOPHER_PARAGRAPH
+from .texts import PHILOSOPHER_PARAGRAPH, default_text
 
 
 @dataclass(frozen=True)
@@ -43,7 +43,7 @@ class PathLengthConfig:
 @register("path-length", "Residual-stream path lengths of attention, MLP and hidden-state steps per token/layer",
           PathLengthConfig)
 def compute(model, config: PathLengthConfig, inputs) -> StudyOutput:
-    text = inputs.get("text") or PHILOSOPHER_PARAGRAPH
+    text, text_info = default_text(model, inputs.get("text"), PHILOSOPHER_PARAGRAPH)
     sites = residual_sites(model) + ["blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"]
     acts = capture(model, text, sites, cache=True)
     n_tokens = len(acts)
@@ -69,7 +69,7 @@ def compute(model, config: PathLengthConfig, inputs) -> StudyOutput:
         sig, adj = correct_pvalues([r[key]["p"] for r in per_layer], config.correction, config.alpha)
         for r, s, a in zip(per_layer, sig, adj):
             r[key].update({"p_adjusted": float(a), "significant": bool(s)})
-    results = {"n_tokens": n_tokens, "tokens": list(acts.rows.token), "per_layer": per_layer,
+    results = {**text_info, "n_tokens": n_tokens, "tokens": list(acts.rows.token), "per_layer": per_layer,
                "final_step_ratio": float(pl["hidden"][-1].mean() / np.median(pl["hidden"][:-1].mean(axis=1)))
                if attn.shape[0] > 1 else None,
                "token0_hidden_pl_ratio": float(pl["hidden"][:, 0].mean() / pl["hidden"][:, 1:].mean())}

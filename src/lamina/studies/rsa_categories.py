@@ -115,8 +115,8 @@ def compute(model, config: RSAConfig, inputs) -> StudyOutput:
     short = {c: n for c, n in counts.items() if n < config.min_per_category}
     if len(categories) < 2 or short:
         raise LaminaError(f"too few single-token words for {model.name}: {counts} (need >= "
-                          f"{config.min_per_category} per category, 2+ categories); add words or lower "
-                          "min_per_category")
+                          f"{config.min_per_category} per category, 2+ categories); pass your own words with "
+                          "--text-file (lines 'category: word, word, ...') or lower min_per_category")
     L = model.n_layers
     layer = config.layer if config.layer is not None else scaled_layer(5, 24, L)
     if not 0 <= layer < L:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["COFFEE_PARAGRAPH", "PHILOSOPHER_PARAGRAPH", "HER_SENTENCES", "corpus_text"]
+__all__ = ["COFFEE_PARAGRAPH", "PHILOSOPHER_PARAGRAPH", "HER_SENTENCES", "corpus_text", "default_text"]
 
 #: An encyclopedia-style paragraph with the word "coffee" exactly 7 times (first at the second word).
 COFFEE_PARAGRAPH = (
@@ -13,6 +13,27 @@ COFFEE_PARAGRAPH = (
     "play games and drink coffee. Reading the grounds left in the cup is still a popular way to finish a "
     "cup of coffee."
 )
+
+
+def default_text(model, user_text: str | None, default: str) -> tuple[str, dict]:
+    """The user's text as given (a text longer than the context is their error, reported by capture), or the
+    study's own default text cut at a token boundary to fit the model's context.
+
+    Returns:
+        (text, info) where info records the source and, if the default was cut, how many tokens remain.
+    """
+    if user_text:
+        return user_text, {"text_source": "user text (--text-file)"}
+    limit = model.context_length
+    enc = model.tokenizer(default, return_offsets_mapping=True, verbose=False)
+    n = len(enc["input_ids"])
+    if limit is None or n <= limit:
+        return default, {"text_source": "built-in text"}
+    special = sum(1 for a, b in enc["offset_mapping"] if a == b == 0)  # BOS/CLS/SEP the tokenizer adds
+    ends = [b for a, b in enc["offset_mapping"] if b > 0]
+    cut = ends[max(0, limit - special) - 1]
+    return default[:cut], {"text_source": f"built-in text, cut to the model's {limit}-token context "
+                                          f"({n} tokens in full)"}
 
 
 def corpus_text(user_corpus: str | None = None) -> tuple[str, str]:
