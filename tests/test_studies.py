@@ -78,6 +78,10 @@ def test_config_validation_and_overrides():
 def test_cli_run_list_and_errors(tiny_paths, tmp_path, cache_dir, capsys):
     assert main(["list"]) == 0
     assert "coffee-mi" in capsys.readouterr().out
+    assert main(["info", "qkv-similarity"]) == 0
+    assert "target = 'her'" in capsys.readouterr().out
+    assert main(["info", "no-such-study"]) == 2
+    assert capsys.readouterr().err.startswith("error: unknown study")
     assert main(["run", "no-such-study"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown study 'no-such-study'; choose one of: coffee-mi") and err.count("\n") == 1

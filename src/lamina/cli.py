@@ -61,6 +61,26 @@ def _cmd_list(args) -> int:
     return 0
 
 
+def _cmd_info(args) -> int:
+    import dataclasses
+    import inspect
+
+    from .studies import get_study
+
+    study = get_study(args.study)
+    print(f"{study.name}: {study.description}")
+    needs = {"any": "any model", "causal": "a causal LM", "masked": "a masked LM", "none": "no model"}
+    print(f"needs: {needs.get(study.needs, study.needs)}; in the demo: {'yes' if study.demo else 'no'}")
+    print("settings (--set key=value):")
+    for f in dataclasses.fields(study.config_cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        print(f"  {f.name} = {default!r}")
+    doc = inspect.cleandoc(study.config_cls.__doc__ or "")
+    if "Attributes:" in doc:
+        print("\n" + doc[doc.index("Attributes:"):])
+    return 0
+
+
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
@@ -139,6 +159,10 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered studies")
     p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="describe a study and its settings")
+    p.add_argument("study")
+    p.set_defaults(func=_cmd_info)
 
     p = sub.add_parser("run", help="run a study and write its report")
     p.add_argument("study")
