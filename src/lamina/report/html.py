@@ -37,12 +37,13 @@ def _table(rows: dict) -> str:
 
 
 def _claims(claims: list[dict]) -> str:
-    head = "<tr><th>claim</th><th>expected (write-up)</th><th>measured here</th><th>holds</th></tr>"
+    head = ("<tr><th>claim</th><th>source</th><th>expected</th><th>measured here</th><th>holds</th></tr>")
     rows = []
     for c in claims:
         holds = c.get("holds")
         cls, word = ("yes", "yes") if holds else ("na", "n/a") if holds is None else ("no", "no")
-        rows.append(f"<tr><td>{html.escape(c['claim'])}</td><td>{html.escape(str(c['expected']))}</td>"
+        rows.append(f"<tr><td>{html.escape(c['claim'])}</td><td>{html.escape(c.get('source', 'write-up'))}</td>"
+                    f"<td>{html.escape(str(c['expected']))}</td>"
                     f"<td>{_fmt(c['measured'])}</td><td class='{cls}'>{word}</td></tr>")
     return f"<table>{head}{''.join(rows)}</table>"
 

@@ -24,7 +24,15 @@ from .mi import (
     resolve_bins,
     trim_mask,
 )
-from .rsa import category_selectivity, compare_rdms, kendall_tau_a, label_blocks, label_product_mask, rdm, upper_triangle
+from .rsa import (
+    category_selectivity,
+    compare_rdms,
+    kendall_tau_a,
+    label_blocks,
+    label_product_mask,
+    rdm,
+    upper_triangle,
+)
 from .similarity import (
     column_correlation,
     column_cosine_similarity,

@@ -9,7 +9,19 @@ from .runner import run_demo, run_study
 
 __all__ = ["REGISTRY", "Claim", "Study", "StudyOutput", "get_study", "register", "run_demo", "run_study"]
 
-_MODULES = ("coffee_mi", "punctuation_clusters", "path_length", "token_length", "qkv_similarity", "mi_theory", "mi_layers", "qkv_layers", "rsa_categories", "effective_dim", "logit_lens")
+_MODULES = (
+    "coffee_mi",
+    "punctuation_clusters",
+    "path_length",
+    "token_length",
+    "qkv_similarity",
+    "mi_theory",
+    "mi_layers",
+    "qkv_layers",
+    "rsa_categories",
+    "effective_dim",
+    "logit_lens",
+)
 
 
 def _load_all() -> None:

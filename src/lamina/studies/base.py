@@ -27,9 +27,16 @@ __all__ = ["Study", "StudyOutput", "Claim", "REGISTRY", "register", "get_study",
            "scaled_layer"]
 
 
-def Claim(claim: str, expected: str, measured, holds: bool | None) -> dict:  # noqa: N802 - a record maker
-    """One finding of the write-up: what was claimed, what this run measured, and whether it holds."""
-    return {"claim": claim, "expected": expected, "measured": measured,
+def Claim(claim: str, expected: str, measured, holds: bool | None, *,  # noqa: N802 - a record maker
+          source: str = "write-up") -> dict:
+    """One finding: what was claimed, what this run measured, and whether it holds.
+
+    ``source`` says whose claim it is: ``"write-up"`` (the published study) or ``"lamina"`` (a check or an
+    expectation lamina adds where the write-up states no result, e.g. a null model or an exact identity).
+    """
+    if source not in ("write-up", "lamina"):
+        raise ValueError(f"source must be 'write-up' or 'lamina' (got {source!r})")
+    return {"claim": claim, "source": source, "expected": expected, "measured": measured,
             "holds": None if holds is None else bool(holds)}
 
 

@@ -106,13 +106,16 @@ def _claims(r: dict, model, a0: dict) -> list[dict]:
         Claim("At the embeddings the shuffled copy has exactly the spectrum of the text (same tokens)",
               "equal at layer 0 (models without added position embeddings; else not testable)",
               {"pct95_text": float(text[0]), "pct95_shuffled": float(shuf[0])},
-              None if positional else bool(np.allclose(a0["text"], a0["shuffled"], rtol=1e-6, atol=1e-9))),
+              None if positional else bool(np.allclose(a0["text"], a0["shuffled"], rtol=1e-6, atol=1e-9)),
+              source="lamina"),
         Claim("Dimensionality changes through the layers", "a laminar profile, not flat",
-              {"pct95_min": float(text.min()), "pct95_max": float(text.max())}, text.max() - text.min() >= 10),
+              {"pct95_min": float(text.min()), "pct95_max": float(text.max())}, text.max() - text.min() >= 10,
+              source="lamina"),
         Claim("Context changes the dimensionality: text and shuffled text differ in the middle layers",
               "text != shuffled", {"mean_abs_pct95_difference_middle_layers": diff,
                                 "layers_text_above_shuffled": int(np.sum(text > shuf)),
-                                "layers_shuffled_above_text": int(np.sum(shuf > text))}, abs(diff) >= 2),
+                                "layers_shuffled_above_text": int(np.sum(shuf > text))}, abs(diff) >= 2,
+              source="lamina"),
     ]
 
 

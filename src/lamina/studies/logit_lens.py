@@ -140,13 +140,14 @@ def _causal_claims(r: dict, config: LogitLensConfig, final_rank: np.ndarray) -> 
     want = config.expected.strip()
     return [
         Claim("The lens at the last layer is the model's own output", "identical logits",
-              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3),
+              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3,
+              source="lamina"),
         Claim("The final prediction emerges with depth: its rank falls through the layers", "rank falls",
               {"median_spearman_layer_vs_rank": float(np.median(rho)) if rho else None},
-              None if not rho else float(np.median(rho)) < 0),
+              None if not rho else float(np.median(rho)) < 0, source="lamina"),
         Claim("The final prediction settles only in the later layers", "top-1 from late layers on",
               {"mean_relative_depth_where_final_token_stays_top1": float(np.mean(first_top))},
-              float(np.mean(first_top)) > 0.5),
+              float(np.mean(first_top)) > 0.5, source="lamina"),
         Claim(f"At layer {r['layer']} the prediction after {config.word!r} is {want!r}",
               f"{want!r} (GPT-2, layer 3 of 12)", {"top_token_after_word": predicted},
               None if not predicted else any(p.strip() == want for p in predicted)),
@@ -196,7 +197,8 @@ def _masked_claims(r: dict) -> list[dict]:
     third = pl[-3] if len(pl) >= 3 else pl[0]
     return [
         Claim("The whole MLM head on the last hidden state is the model's own output", "identical logits",
-              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3),
+              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3,
+              source="lamina"),
         Claim("At the third-to-last hidden state the right lens (whole MLM head) finds the masked word; the wrong "
               "lens (decoder weights only) does not", "right z ~ 30, wrong z < 3",
               {"layer": third["layer"], "right_z": third["right"]["target_z"],

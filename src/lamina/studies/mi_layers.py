@@ -89,7 +89,8 @@ def compute(model, config: MILayersConfig, inputs) -> StudyOutput:
     keep = rng.choice(mi_pairs.shape[1], min(2000, mi_pairs.shape[1]), replace=False)  # scatter plots only
     arrays.update({"scatter_mi": mi_pairs[:, keep], "scatter_corr": corr_pairs[:, keep],
                    "scatter_cov": cov_pairs[:, keep]})
-    results = {**text_info, "n_tokens": int(hidden.shape[1]), "n_pairs": int(mi_pairs.shape[1]), "bins_resolved": int(bins),
+    results = {**text_info, "n_tokens": int(hidden.shape[1]), "n_pairs": int(mi_pairs.shape[1]),
+               "bins_resolved": int(bins),
                "per_layer": per_layer}
     return StudyOutput(results, _claims(per_layer), arrays=arrays, resolved={"bins": int(bins)})
 
@@ -107,13 +108,14 @@ def _claims(pl: list[dict]) -> list[dict]:
         Claim("Covariance follows the growth of the residual stream's scale; MI does not",
               "|cov| grows much more than MI", {"cov_abs_last_over_first_block": cov_ratio,
                                                 "mi_last_over_first_block": mi_ratio},
-              cov_ratio > 2 * mi_ratio),
+              cov_ratio > 2 * mi_ratio, source="lamina"),
         Claim("Within a layer, MI ranks token pairs like the strength of their correlation (over the dimensions "
               "MI keeps)", "Spearman(MI, |r|) high",
-              {"median_over_layers_trimmed_r": trimmed, "median_over_layers_raw_r": raw}, trimmed > 0.5),
+              {"median_over_layers_trimmed_r": trimmed, "median_over_layers_raw_r": raw}, trimmed > 0.5,
+              source="lamina"),
         Claim("Across layers, mean MI and mean |correlation| rise and fall together",
               "positive Spearman over layers", {"spearman_over_layers_trimmed_r": across},
-              None if across is None else across > 0),
+              None if across is None else across > 0, source="lamina"),
     ]
 
 

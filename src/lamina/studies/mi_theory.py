@@ -117,7 +117,7 @@ def _claims(r: dict) -> list[dict]:
         Claim("H(x, y) < H(x) + H(y) for dependent data; ~equal for independent data",
               "joint entropy shows dependence", {"H_x+H_y-H_xy": b["H_x"] + b["H_y"] - b["H_xy"],
                                                  "H_x+H_z-H_xz": b["H_x"] + b["H_z"] - b["H_xz"]},
-              b["H_x"] + b["H_y"] - b["H_xy"] > 5 * (b["H_x"] + b["H_z"] - b["H_xz"])),
+              b["H_x"] + b["H_y"] - b["H_xy"] > 5 * (b["H_x"] + b["H_z"] - b["H_xz"]), source="lamina"),
         Claim("y = x + noise has much more MI with x than independent data", "MI_xy >> MI_xz",
               {"MI_xy": b["MI_xy"], "MI_xz": b["MI_xz"], "MI_xy_analytic": b["MI_xy_analytic"]},
               b["MI_xy"] > 5 * b["MI_xz"]),
@@ -133,10 +133,10 @@ def _claims(r: dict) -> list[dict]:
               {"MI_xz": b["MI_xz"], "MI_xz_knn": b["MI_xz_knn"]}, b["MI_xz"] > 0),
         Claim("The bias shrinks as the sample grows", "independent MI falls with n",
               {"n": sizes, "independent_mi": plain}, correlate(sizes, plain, "spearman").r < -0.9
-              if len(sizes) >= 3 else None),
+              if len(sizes) >= 3 else None, source="lamina"),
         Claim("Miller-Madow removes most of the bias (added; not in the write-up)", "|bias| smaller",
               {"n": sizes[ref], "plain": plain[ref], "miller_madow": bias["miller_madow"]["independent_mean"][ref]},
-              abs(bias["miller_madow"]["independent_mean"][ref]) < 0.5 * abs(plain[ref])),
+              abs(bias["miller_madow"]["independent_mean"][ref]) < 0.5 * abs(plain[ref]), source="lamina"),
     ]
 
 

@@ -168,7 +168,8 @@ def _claims(pl: list[dict]) -> list[dict]:
     cov_all = (mean("mean_cov") + mean("mean_cov", "terminal")) / 2
     corr_all = (mean("mean_corr") + mean("mean_corr", "terminal")) / 2
     cov_growth = float(np.max(cov_all[1:]) / cov_all[1]) if len(pl) > 1 and cov_all[1] > 0 else float("nan")
-    corr_growth = float(np.max(np.abs(corr_all[1:])) / abs(corr_all[1])) if len(pl) > 1 and corr_all[1] else float("nan")
+    corr_growth = float(np.max(np.abs(corr_all[1:])) / abs(corr_all[1])) if len(pl) > 1 and corr_all[1] \
+        else float("nan")
     mi_trend = correlate(np.arange(1, len(pl)), mi_all[1:], "spearman").r if len(pl) > 3 else float("nan")
     sil = np.array([p["cov_silhouette"] for p in pl])
     l1 = pl[min(1, last)]

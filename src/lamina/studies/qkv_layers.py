@@ -75,13 +75,14 @@ def _claims(pl: list[dict]) -> list[dict]:
     return [
         Claim("The same word's vectors are more similar across sentences than different words' (target > "
               "non-target)", "target > non-target in most layers", {"fraction_of_layers": above},
-              all(v > 0.5 for v in above.values())),
+              all(v > 0.5 for v in above.values()), source="lamina"),
         Claim("The target's similarity starts near 1 and falls with depth as context flows in",
               "~1 at layer 0, falling", {"layer0": {p: float(target[p][0]) for p in PARTS},
                                           "spearman_layer_vs_similarity": falls},
-              None if falls is None else all(target[p][0] > 0.9 and falls[p] < 0 for p in PARTS)),
+              None if falls is None else all(target[p][0] > 0.9 and falls[p] < 0 for p in PARTS), source="lamina"),
         Claim("The target/non-target gap narrows with depth", "gap falls with depth",
-              {"spearman_layer_vs_gap": gap}, None if gap is None else all(g < 0 for g in gap.values())),
+              {"spearman_layer_vs_gap": gap}, None if gap is None else all(g < 0 for g in gap.values()),
+              source="lamina"),
     ]
 
 

@@ -117,7 +117,8 @@ def compute(model, config: QKVConfig, inputs) -> StudyOutput:
     layer = config.layer if config.layer is not None else scaled_layer(6, 12, L)
     if not 0 <= layer < L:
         raise LaminaError(f"layer {layer} does not exist; {model.name} has blocks 0-{L - 1}")
-    acts = capture(model, sentences, ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v"], positions=target_and_previous(config.target),
+    acts = capture(model, sentences, ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v"],
+                   positions=target_and_previous(config.target),
                    cache=True)
     if len(acts) != 2 * len(sentences):
         raise LaminaError("expected two positions per sentence")

@@ -145,7 +145,8 @@ def compute(model, config: RSAConfig, inputs) -> StudyOutput:
     for a, b in PAIRS:
         stat, pval = compare_rdms(matrices[a], matrices[b], config.rsa_method)
         detail[f"rsa_{a}{b}"] = {"statistic": stat, "p": pval}
-    results = {"layer": layer, "similarity": config.similarity, "words": [{"category": c, "word": w} for c, w, _ in kept], "dropped": dropped,
+    results = {"layer": layer, "similarity": config.similarity,
+               "words": [{"category": c, "word": w} for c, w, _ in kept], "dropped": dropped,
                "counts": counts, "detail": detail, "per_layer": per_layer}
     arrays = {f"sim_{p}": matrices[p] for p in PARTS}
     return StudyOutput(results, _claims(results), arrays=arrays, resolved={"layer": layer})

@@ -225,7 +225,7 @@ def _claims(r: dict, compare: str | None) -> list[dict]:
         claims.append(Claim("The length tuning is learned: r spreads wider than in a random-init copy (a null "
                             "the write-up lacked)", "trained > random-init",
                             {"mean_std_r_trained": trained_std, "mean_std_r_random_init": null_std},
-                            trained_std > null_std))
+                            trained_std > null_std, source="lamina"))
     return claims
 
 
