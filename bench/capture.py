@@ -1,6 +1,7 @@
 """Benchmark: plain HF forward vs lamina.capture of every site, same GPT-2-small-shaped random model, same run.
 
-Prints tokens/s for each and the ratio (target: capture <= 1.05x the plain forward's time). Not a test.
+Prints tokens/s for each and the ratio (target: capture <= 1.05x the plain forward's time), with glibc's
+default allocator settings and then with lamina.tune_malloc(). Not a test.
 """
 
 from __future__ import annotations
@@ -49,17 +50,23 @@ def main() -> None:
         with torch.no_grad():
             model.hf.transformer(**enc)
 
-    for label, sites, baseline in (
+    cases = (
         ("all sites + logits", "blocks.*.*,ln_final.hook_normalized,logits", plain_full),
         ("all block sites (no logits: base model only)", "blocks.*.*", plain_full),
         ("resid_post only", "blocks.*.hook_resid_post", plain_base),
-    ):
-        lamina.capture(model, texts[:2], sites)  # warm-up
-        t_plain = best_of(baseline)
-        t_cap = best_of(lambda: lamina.capture(model, texts, sites, batch_size=16))
-        print(f"{label:48s} plain {n_tokens / t_plain:8.0f} tok/s  capture {n_tokens / t_cap:8.0f} tok/s  "
-              f"ratio {t_cap / t_plain:.3f}x  (baseline: {baseline.__name__})")
-
+    )
+    # First with glibc's default allocator settings, then after lamina.tune_malloc() (what the CLI uses):
+    # mallopt changes only later allocations, so both halves run in this one process, in this order.
+    for allocator in ("glibc defaults", "lamina.tune_malloc()"):
+        if allocator != "glibc defaults":
+            print(f"tune_malloc accepted: {lamina.tune_malloc()}")
+        print(f"-- allocator: {allocator}")
+        for label, sites, baseline in cases:
+            lamina.capture(model, texts[:2], sites)  # warm-up
+            t_plain = best_of(baseline)
+            t_cap = best_of(lambda: lamina.capture(model, texts, sites, batch_size=16))
+            print(f"{label:48s} plain {n_tokens / t_plain:8.0f} tok/s  capture {n_tokens / t_cap:8.0f} tok/s  "
+                  f"ratio {t_cap / t_plain:.3f}x  (baseline: {baseline.__name__})")
 
 if __name__ == "__main__":
     main()

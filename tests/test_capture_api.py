@@ -166,3 +166,13 @@ def test_default_model_loads_offline():
         ref = out.hidden_states[layer][0]
         torch.testing.assert_close(acts[f"blocks.{layer}.hook_resid_pre"], ref, atol=1e-6 * ref.abs().max(), rtol=0)
     assert model.tokenizer.decode(int(acts["logits"][-1].argmax())) == " Paris"
+
+
+def test_tune_malloc_is_opt_in_and_idempotent():
+    import subprocess
+    import sys
+
+    code = ("import lamina, lamina._malloc as m; assert m._done is None; "  # importing lamina tunes nothing
+            "first = lamina.tune_malloc(); assert lamina.tune_malloc() is first; print(first)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == ("True" if sys.platform.startswith("linux") else "False")

@@ -192,6 +192,9 @@ def main(argv: list[str] | None = None) -> int:
     """Run the CLI; returns the exit status."""
     parser = _parser()
     args = parser.parse_args(argv)
+    from ._malloc import tune_malloc
+
+    tune_malloc()  # our own process: keep large freed blocks for reuse (see lamina/_malloc.py)
     try:
         return args.func(args)
     except LaminaError as exc:
