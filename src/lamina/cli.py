@@ -81,6 +81,16 @@ def _cmd_info(args) -> int:
     return 0
 
 
+def _cmd_cache(args) -> int:
+    from .cache import clear_cache, describe
+
+    if args.clear:
+        for kind in args.clear:
+            print(f"cleared {kind}: {clear_cache(kind) / 1024**3:.2f} GB")
+    print(describe())
+    return 0
+
+
 def _parse_sets(pairs: list[str]) -> dict[str, str]:
     out = {}
     for pair in pairs or []:
@@ -180,6 +190,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--only", action="append", help="run only these studies")
     p.add_argument("--device", default="cpu")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("cache", help="show the on-disk cache (size per kind, limit) or clear it")
+    p.add_argument("--clear", action="append", choices=["activations", "models"],
+                   help="delete every entry of this kind (repeatable)")
+    p.set_defaults(func=_cmd_cache)
 
     p = sub.add_parser("compare", help="overlay per-layer curves of several reports at relative depth")
     p.add_argument("reports", nargs="+")

@@ -273,6 +273,9 @@ def capture(
     key = capture_cache_key(model, texts, names, selector, store_dtype, add_special_tokens) if cache else None
     entry = cache_dir("activations", key) if key else None
     if entry is not None and (entry / "activations.json").is_file():
+        from ..cache import mark_used
+
+        mark_used(entry)
         return Activations.load(entry)
 
     tokenized = tokenize(model, texts, add_special_tokens=add_special_tokens)
@@ -333,7 +336,10 @@ def capture(
     }
     acts = Activations(buffers, rows, provenance)
     if entry is not None:
+        from ..cache import evict
+
         acts.save(entry)
+        evict(keep=entry)  # least recently used entries beyond $LAMINA_CACHE_MAX_GB
     return acts
 
 
