@@ -63,3 +63,29 @@ def test_cache_command(tiny_models, cache_dir, capsys):
     assert "activations" in out and "1 entries" in out
     assert main(["cache", "--clear", "activations"]) == 0
     assert cache_entries() == []
+
+
+def test_listing_and_eviction_survive_entries_vanishing_meanwhile(cache_dir, monkeypatch):
+    import shutil
+
+    import lamina.cache as cache_module
+
+    now = time.time()
+    a = _fake_entry(cache_dir, "a", 4000, now - 200)
+    b = _fake_entry(cache_dir, "b", 4000, now - 100)
+    (cache_dir / "activations" / "stray-file").write_text("not an entry")  # listed nowhere, removed by clear
+    size = cache_module._size
+
+    def size_then_vanish(path):  # another process evicts "a" right after we looked at it
+        n = size(path)
+        if path == a:
+            shutil.rmtree(a, ignore_errors=True)
+        return n
+
+    monkeypatch.setattr(cache_module, "_size", size_then_vanish)
+    assert [e.path for e in cache_entries()] == [a, b]  # no error although "a" vanished
+    a = _fake_entry(cache_dir, "a", 4000, now - 200)
+    assert evict(limit=4100) == [a] and b.exists()  # "a" was gone before we removed it: no error, "b" kept
+    monkeypatch.setattr(cache_module, "_size", size)
+    assert main(["cache", "--clear", "activations"]) == 0
+    assert os.listdir(cache_dir / "activations") == []

@@ -38,7 +38,7 @@ def test_resid_pre_matches_hidden_states(tiny):
 
 
 def test_final_norm_and_logits_match(tiny):
-    sites = "logits" if tiny.is_masked_lm else "logits,ln_final.hook_normalized,blocks.*.hook_resid_post"
+    sites = "logits" if tiny.is_masked_lm else "logits,ln_final.hook_out,blocks.*.hook_resid_post"
     acts = lamina.capture(tiny, TEXTS, sites)
     for i, text in enumerate(TEXTS):
         out, _ = hf_hidden_states(tiny, text)
@@ -46,9 +46,9 @@ def test_final_norm_and_logits_match(tiny):
         torch.testing.assert_close(acts["logits"][rows], out.logits[0], atol=ATOL, rtol=0)
         if not tiny.is_masked_lm:
             # HF's last hidden state is after the final norm; lamina's last resid_post is before it.
-            torch.testing.assert_close(acts["ln_final.hook_normalized"][rows], out.hidden_states[-1][0],
+            torch.testing.assert_close(acts["ln_final.hook_out"][rows], out.hidden_states[-1][0],
                                        atol=ATOL, rtol=0)
-            final_norm = tiny.module(tiny.adapter.final_sites["ln_final.hook_normalized"].module)
+            final_norm = tiny.module(tiny.adapter.final_sites["ln_final.hook_out"].module)
             last = acts[f"blocks.{tiny.n_layers - 1}.hook_resid_post"][rows]
             torch.testing.assert_close(final_norm(last), out.hidden_states[-1][0], atol=ATOL, rtol=0)
 

@@ -26,9 +26,9 @@ def _finite(obj) -> bool:
 
 def _check_report(folder, keys):
     doc = json.loads((folder / "results.json").read_text())
-    assert set(doc) == {"study", "lamina_version", "model", "config", "results", "claims"}
+    assert set(doc) == {"study", "lamina_version", "model", "config", "results", "claims", "verdicts", "baseline"}
     assert keys <= set(doc["results"]), keys - set(doc["results"])
-    assert doc["claims"] and all({"claim", "expected", "measured", "holds"} <= set(c) for c in doc["claims"])
+    assert doc["claims"] and all({"claim", "criterion", "measured", "verdict"} <= set(c) for c in doc["claims"])
     assert (folder / "report.html").read_text().count("data:image/png;base64") >= 3
     assert json.loads((folder / "provenance.json").read_text())["environment"]["torch"]
     return doc
@@ -136,12 +136,16 @@ def test_token_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     model = tiny_models[arch]
     settings = {"n_tokens": 600, "seq_len": 128, "skip_tokens": 50}
     folder = run_study("token-length", model=model, out=tmp_path / "tl", overrides=settings, reports_root=tmp_path)
-    doc = _check_report(folder, {"per_layer", "length", "block", "comparison", "r_length_log_freq",
-                                 "short_token_bimodality"})
+    doc = _check_report(folder, {"per_layer", "length", "block", "r_length_log_freq", "short_token_bimodality",
+                                 "random_subset_bimodality"})
     res = doc["results"]
     assert res["n_tokens"] == 600 and res["n_windows"] == 5 and len(res["per_layer"]) == model.n_layers
-    assert res["comparison"]["model"]["name"].endswith("-random-init")
+    # The framework's random-init baseline is the null; the study builds no second random copy of its own.
+    assert "comparison" not in res and doc["baseline"]["model"]["name"].endswith("-random-init")
+    assert len(doc["baseline"]["results"]["per_layer"]) == model.n_layers
     assert len(doc["claims"]) == 6  # five from the write-up plus the random-init null
+    assert doc["claims"][5]["null"]["value"] == pytest.approx(
+        np.mean([p["std_r"] for p in doc["baseline"]["results"]["per_layer"]]), abs=1e-12)
     # Recompute one layer's r per neuron with np.corrcoef from a plain capture of the same windows.
     config = TokenLengthConfig(**settings)
     windows, counts, _ = corpus_windows(model, corpus_text()[0], config)
@@ -211,7 +215,7 @@ def test_qkv_similarity_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     res = doc["results"]
     widths = model.site_widths()
     assert res["widths"] == {p: widths[f"blocks.0.attn.hook_{p.lower()}"] for p in "QKV"}  # GQA: K, V narrower
-    assert len(res["per_layer"]) == model.n_layers and len(doc["claims"]) == 7
+    assert len(res["per_layer"]) == model.n_layers and len(doc["claims"]) == 9
     # The QK block of the target's cosine matrix, recomputed by hand from a plain capture.
     layer = res["layer"]
     acts = capture(model, list(HER_SENTENCES), f"blocks.{layer}.attn.hook_[qk]",

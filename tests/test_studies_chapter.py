@@ -16,7 +16,7 @@ from lamina.testing import single_token_words
 
 def _doc(folder):
     doc = json.loads((folder / "results.json").read_text())
-    assert doc["claims"] and all({"claim", "expected", "measured", "holds"} <= set(c) for c in doc["claims"])
+    assert doc["claims"] and all({"claim", "criterion", "measured", "verdict"} <= set(c) for c in doc["claims"])
     assert (folder / "report.html").read_text().count("data:image/png;base64") >= 1
     return doc
 
@@ -96,8 +96,11 @@ def test_effective_dim(tiny_models, tmp_path, cache_dir, arch):
     folder = run_study("effective-dim", model=model, out=tmp_path / "e", overrides={"n_tokens": 300},
                        reports_root=tmp_path)
     doc = _doc(folder)
-    claim0 = doc["claims"][0]["holds"]
-    assert claim0 is (None if model.adapter.absolute_positions else True)
+    claim0 = doc["claims"][0]
+    if model.adapter.absolute_positions:  # position embeddings: a real test against the shuffled copies
+        assert claim0["by_construction"] is None and claim0["p"] is not None
+    else:  # rotary: the same layer-0 vectors in another order, so the same spectrum (shown, not counted)
+        assert claim0["by_construction"] and claim0["verdict"] == "holds" and not claim0["counted"]
     arrays = np.load(folder / "arrays.npz")
     assert doc["results"]["n_tokens"] == 299  # one window of 300 tokens minus its first token
     # The spectrum of the last hidden state against scikit-learn's PCA on a plain capture of the same tokens.
@@ -121,7 +124,8 @@ def test_logit_lens_causal(tiny_models, tmp_path, cache_dir, arch):
     res = doc["results"]
     assert res["kind"] == "causal"
     # The lens at the last hidden state runs the real final norm + head: the model's logits, to float32 rounding.
-    assert res["lens_vs_model_logits_max_abs"] < 1e-4 and doc["claims"][0]["holds"]
+    assert res["lens_vs_model_logits_max_abs"] < 1e-4 and doc["claims"][0]["verdict"] == "holds"
+    assert doc["claims"][0]["by_construction"] and not doc["claims"][0]["counted"]  # an identity, not a finding
     assert len(res["grid_top_tokens"]) == model.n_layers + 1
     assert res["grid_top_tokens"][-1] == res["final_predictions"]
 
@@ -135,7 +139,7 @@ def test_logit_lens_bert_right_and_wrong_way(tiny_models, tmp_path, cache_dir):
     doc = _doc(folder)
     res = doc["results"]
     assert res["kind"] == "masked" and "[MASK]" in res["text"]
-    assert res["lens_vs_model_logits_max_abs"] < 1e-4 and doc["claims"][0]["holds"]
+    assert res["lens_vs_model_logits_max_abs"] < 1e-4 and doc["claims"][0]["verdict"] == "holds"
     # The wrong way really is the decoder alone: differs from the whole head on the same hidden state.
     hf = model.hf
     h = torch.randn(1, model.d_model)

@@ -1,4 +1,6 @@
-"""Small I/O helpers: atomic writes and memoised file hashes."""
+"""Small I/O helpers: deterministic JSON and memoised file hashes; the atomic writing API re-exported from
+:mod:`lamina._temps` (temporaries, :func:`atomic_write_text`) and :mod:`lamina._outdir` (:func:`atomic_dir`,
+output-folder manifests, :func:`check_output_dir`)."""
 
 from __future__ import annotations
 
@@ -6,49 +8,28 @@ import contextlib
 import hashlib
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
-from typing import Iterator
 
+from ._outdir import MANIFEST, Legacy, atomic_dir, check_output_dir, clean_stale_temps, read_manifest, write_manifest
+from ._temps import atomic_write_text, default_file_mode, pid_alive, stale_temps, temp_name
 from .paths import cache_dir
 
-__all__ = ["atomic_dir", "atomic_write_text", "file_sha256", "json_dumps"]
-
-
-@contextlib.contextmanager
-def atomic_dir(final: Path) -> Iterator[Path]:
-    """Yield a fresh temporary directory beside ``final``; on success rename it to ``final`` in one step.
-
-    An interrupted or failed write leaves no ``final`` behind (the temporary directory is removed), so a
-    reader never sees a half-written entry. If ``final`` appeared meanwhile (another process), ours is
-    discarded and theirs kept.
-    """
-    final = Path(final)
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    try:
-        yield tmp
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".tmp-{path.name}-", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+__all__ = [
+    "MANIFEST",
+    "Legacy",
+    "atomic_dir",
+    "atomic_write_text",
+    "check_output_dir",
+    "clean_stale_temps",
+    "default_file_mode",
+    "file_sha256",
+    "json_dumps",
+    "pid_alive",
+    "read_manifest",
+    "stale_temps",
+    "temp_name",
+    "write_manifest",
+]
 
 
 def json_dumps(obj) -> str:

@@ -4,6 +4,8 @@ from . import select
 from .activations import Activations, Rows
 from .adapters import ADAPTERS, ArchAdapter, HookPoint, adapter_for_name
 from .models import Model, load_model, random_init_copy
+from . import reduce
+from .reduced import Reduced, capture_reduced
 from .run import capture, measure_widths, residual_sites, tokenize
 
 __all__ = [
@@ -12,12 +14,15 @@ __all__ = [
     "ArchAdapter",
     "HookPoint",
     "Model",
+    "Reduced",
     "Rows",
     "adapter_for_name",
     "capture",
+    "capture_reduced",
     "load_model",
     "measure_widths",
     "random_init_copy",
+    "reduce",
     "residual_sites",
     "select",
     "tokenize",

@@ -19,6 +19,8 @@ from .._io import atomic_dir, file_sha256
 from ..errors import LaminaError
 from ..paths import cache_dir
 from .adapters import ArchAdapter, adapter_for_config
+from .model_checks import (check_device, check_spec, check_tokenizer, damaged_error, first_line, hub_error,
+                           hub_unreachable, offline_error)
 from .sites import resolve_sites, site_names
 
 __all__ = ["Model", "load_model", "random_init_copy", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
@@ -74,6 +76,10 @@ class Model:
     provenance: dict
     _widths: dict[str, int] | None = field(default=None, repr=False)
 
+    def __post_init__(self):
+        # Resolve the adapter against this module tree: alternatives, optional modules, config-dependent flags.
+        self.adapter = self.adapter.bind(self.hf)
+
     @property
     def arch(self) -> str:
         return self.adapter.name
@@ -92,7 +98,10 @@ class Model:
 
     @property
     def device(self) -> torch.device:
-        return next(self.hf.parameters()).device
+        """The device inputs go to and captured rows are gathered on (a split model's first GPU)."""
+        from .devices import home_device
+
+        return home_device(self.hf)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -108,7 +117,7 @@ class Model:
         for attr in ("n_positions", "max_position_embeddings"):
             value = getattr(cfg, attr, None)
             if isinstance(value, int) and value > 0:
-                return value
+                return value - self.adapter.reserved_positions  # RoBERTa: positions start after the padding index
         return None
 
     def module(self, path: str) -> torch.nn.Module:
@@ -128,7 +137,7 @@ class Model:
     def sites(self, pattern: str | list[str] | None = None) -> list[str]:
         """All site names in forward order, or those matching a glob pattern / list of patterns."""
         names = site_names(self.adapter, self.n_layers)
-        return names if pattern is None else resolve_sites(pattern, names)
+        return names if pattern is None else resolve_sites(pattern, names, self.adapter.unavailable)
 
     def site_widths(self) -> dict[str, int]:
         """Site name -> width of its vectors, measured once with a one-token forward pass."""
@@ -137,6 +146,15 @@ class Model:
 
             self._widths = measure_widths(self)
         return dict(self._widths)
+
+    def check(self, texts=None):
+        """Verify the adapter on this model (hooks, hidden states, residual identity, padding, widths).
+
+        Returns a :class:`~lamina.capture.check.CheckReport` (``.passed``, ``.table()``); see ``lamina check``.
+        """
+        from .check import check_model
+
+        return check_model(self, texts)
 
     def summary(self) -> dict:
         """The model block of ``results.json``."""
@@ -187,7 +205,11 @@ def _converted_gguf(gguf: Path) -> tuple[Path, str]:
         del hf.config.quantization_config
     hf.hf_quantizer = None
     hf.is_quantized = False
-    with atomic_dir(folder) as tmp:
+    if os.path.lexists(folder) and not (folder / "lamina_source.json").is_file():
+        from ..cache import discard_entry
+
+        discard_entry(folder)  # an incomplete folder (e.g. from an older lamina): rebuilt below
+    with atomic_dir(folder, exists="keep") as tmp:  # another process converting too: the first one wins
         hf.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         (tmp / "lamina_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha}), "utf-8")
@@ -204,20 +226,15 @@ def _folder_hash(folder: Path) -> str:
     return digest.hexdigest()
 
 
-def _offline_error(spec: str, exc: Exception) -> LaminaError:
-    return LaminaError(
-        f"model {spec!r} is not available: it is not a local folder or .gguf file, not in the Hugging Face "
-        "cache, and the hub is unreachable or has no such model; download it once where the hub is "
-        "reachable (it is then cached), or pass a folder saved with save_pretrained or a .gguf file"
-    )
-
-
 def load_model(
     spec: str | os.PathLike = "default",
     *,
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype | None = None,
     revision: str | None = None,
+    device_map=None,
+    max_memory: dict | None = None,
+    offload_folder: str | os.PathLike | None = None,
 ) -> Model:
     """Load a model for capture.
 
@@ -228,17 +245,37 @@ def load_model(
         device: torch device for the weights (``"cpu"``, ``"cuda"``, ``"cuda:1"``...).
         dtype: weight dtype (default float32; ``"bf16"`` is ~3x faster on recent CPUs but inexact).
         revision: hub revision (branch, tag or commit) for hub ids.
+        device_map: split the model over devices with accelerate instead of ``device``: ``"auto"`` /
+            ``"balanced"`` (all visible GPUs, then CPU RAM, then disk), ``"balanced_low_0"``, ``"sequential"``,
+            or a dict ``{module path: 0 | "cuda:1" | "cpu" | "disk"}`` (see :mod:`lamina.capture.devices`).
+        max_memory: with ``device_map``: the most each device may hold, e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
+        offload_folder: with ``device_map``: where disk-offloaded weights go (default: a temporary folder,
+            deleted with the model).
 
     Returns:
         A :class:`Model`.
 
     Raises:
-        LaminaError: the model cannot be found offline, or its architecture is not supported.
+        LaminaError: the device is missing; the spec names nothing (see :func:`check_spec`); a local folder is
+            damaged (config, weights or tokenizer: "this folder is damaged: ..."); a hub id is neither cached nor
+            reachable (decided by one quick probe, without HF's retries) or not on the hub; or the architecture
+            is not supported.
     """
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForMaskedLM, AutoTokenizer
 
     torch_dtype = resolve_dtype(dtype)
-    spec = str(spec)
+    check_device(device)  # before loading: a missing GPU costs a second, not a load
+    split: dict = {}
+    if device_map is not None:
+        from .devices import device_map_kwargs
+
+        if torch.device(device) != torch.device("cpu"):
+            raise LaminaError(f"device={str(device)!r} and device_map are both given; pass device_map alone "
+                              "(it places every module)")
+        split, offload_tmp = device_map_kwargs(device_map, max_memory, offload_folder)
+    elif max_memory is not None or offload_folder is not None:
+        raise LaminaError("max_memory and offload_folder apply only with device_map; add device_map='auto'")
+    spec = check_spec(spec)
     source_kwargs: dict = {}
     if spec == "default":
         gguf = default_gguf_path()
@@ -248,84 +285,140 @@ def load_model(
                       "sha256": sha}
     elif spec.endswith(".gguf"):
         gguf = Path(spec)
-        if not gguf.is_file():
-            raise LaminaError(f"GGUF file {spec!r} not found; check the path")
         folder, sha = _converted_gguf(gguf.resolve())
         location, name = str(folder), gguf.stem
         provenance = {"source": "gguf", "path": str(gguf.resolve()), "sha256": sha}
     elif os.path.isdir(spec):
         folder = Path(spec).resolve()
-        if not (folder / "config.json").is_file():
-            raise LaminaError(f"folder {spec!r} has no config.json; save the model with save_pretrained")
         location, name = str(folder), folder.name
         provenance = {"source": "local", "path": str(folder), "sha256": _folder_hash(folder)}
-    elif os.path.exists(spec):
-        raise LaminaError(f"{spec!r} is neither a model folder nor a .gguf file")
     else:
         location, name = spec, spec.rstrip("/").split("/")[-1]
         provenance = {"source": "hub", "id": spec}
         source_kwargs = {"revision": revision} if revision else {}
     if provenance["source"] == "hub":
-        # The local HF cache first (no network wait); the hub only if that fails and we may go online.
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on")
+        # The local HF cache first (no network wait); the hub only if that fails and it answers at once.
         try:
             AutoConfig.from_pretrained(location, local_files_only=True, **source_kwargs)
             source_kwargs["local_files_only"] = True
         except (OSError, ValueError):
-            if offline:
-                source_kwargs["local_files_only"] = True
+            reason = hub_unreachable()
+            if reason:
+                raise offline_error(spec, reason) from None
+    converted = provenance["source"] in ("default", "gguf")  # our own cache folder, not the user's
+
+    def failed(what: str, exc: Exception) -> LaminaError:
+        if provenance["source"] == "hub":
+            return hub_error(spec, exc)
+        return damaged_error(Path(location), f"{what} ({first_line(exc)})", converted)
+
     try:
         config = AutoConfig.from_pretrained(location, **source_kwargs)
     except (OSError, ValueError) as exc:
-        raise _offline_error(spec, exc) from None
-    adapter = adapter_for_config(config)
+        raise failed("config.json cannot be read", exc) from None
+    adapter = adapter_for_config(config, fallback=True)  # None: no adapter; found generically after loading
     if provenance["source"] == "hub":
         provenance["revision"] = getattr(config, "_commit_hash", None) or revision or "unknown"
-    auto_cls = AutoModelForMaskedLM if adapter.masked_lm else AutoModelForCausalLM
+    masked = adapter.masked_lm if adapter else any("MaskedLM" in a for a in (config.architectures or []))
+    auto_cls = AutoModelForMaskedLM if masked else AutoModelForCausalLM
+    if isinstance(device_map, dict):
+        from .devices import check_map_covers
+
+        check_map_covers(device_map, config, auto_cls)  # before the weights: names and coverage
+    from safetensors import SafetensorError
     from transformers.utils import logging as hf_logging
 
     bars = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()  # a sub-second load needs no bar
     try:
-        hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **source_kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(location, **source_kwargs)
-    except OSError as exc:
-        raise _offline_error(spec, exc) from None
+        try:  # the tokenizer first: it loads in a moment, and a missing one should not wait for the weights
+            tokenizer = AutoTokenizer.from_pretrained(location, **source_kwargs)
+        except (OSError, ValueError) as exc:
+            raise failed("its tokenizer cannot be read", exc) from None
+        check_tokenizer(tokenizer, spec)
+        try:
+            hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **split, **source_kwargs)
+        except (OSError, SafetensorError) as exc:
+            raise failed("its weights cannot be read", exc) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     hf.eval()
-    hf.to(device)
+    if device_map is None:
+        hf.to(device)
+    else:
+        from .devices import forget_offload_folder_with
+
+        forget_offload_folder_with(hf, offload_tmp)
     provenance.update({"name": name, "dtype": str(torch_dtype).replace("torch.", ""),
                        "model_type": config.model_type})
     import transformers
 
     provenance["transformers"] = transformers.__version__
-    return Model(hf=hf, tokenizer=tokenizer, adapter=adapter, name=name, provenance=provenance)
+    from .discover import accept_discovered, bind_adapter
+
+    model = Model(hf=hf, tokenizer=tokenizer, adapter=bind_adapter(hf, adapter), name=name, provenance=provenance)
+    return accept_discovered(model) if model.adapter.discovered else model
+
+
+def _initialised_on_device(model: Model, config, seed: int):
+    """Meta-device construction, storage on the target device and dtype, seeded HF init; None if some parameter
+    is left uninitialised (it is filled with NaN first, so that shows)."""
+    cls = type(model.hf)
+    with torch.device("meta"):
+        hf = cls._from_config(config, dtype=model.dtype)
+    hf.to_empty(device=model.device)
+    try:
+        with torch.no_grad():
+            for p in hf.parameters():
+                p.fill_(float("nan"))
+            for name, buffer in hf.named_buffers():
+                buffer.copy_(model.hf.get_buffer(name))
+    except (AttributeError, RuntimeError):  # a buffer the original does not have, or of another shape
+        return None
+    hf.tie_weights()  # to_empty unties shared weights; tied first, they draw like a CPU construction's
+    devices = [model.device] if model.device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        hf.init_weights()
+    with torch.no_grad():
+        if any(bool(torch.isnan(p).any()) for p in hf.parameters() if p.is_floating_point()):
+            return None
+    return hf
 
 
 def random_init_copy(model: Model, *, seed: int = 0) -> Model:
     """The same architecture, config and tokenizer with freshly initialised (untrained) weights.
 
     A real null model for any study: whatever a trained model shows that its random-init copy also shows
-    comes from the architecture and the input statistics, not from learning. Weights are drawn by the HF
-    model's own ``_init_weights`` under ``torch.manual_seed(seed)`` (reproducible), then cast and moved like
-    the original.
+    comes from the architecture and the input statistics, not from learning. The module is built on the meta
+    device, its storage allocated directly on the model's device in the model's dtype (no float32 host copy),
+    and every weight drawn by the HF model's own ``_init_weights`` under ``torch.manual_seed(seed)`` -- the
+    initialisation HF's ``from_pretrained`` gives missing weights. Buffers (rotary frequencies, causal masks)
+    are config constants, copied from the original. For a float32 model on the CPU the weights equal those of
+    ``from_config`` followed by a seeded ``initialize_weights()``; they differ from earlier lamina versions,
+    which let torch's default initialisers draw first (same distributions, other numbers; the provenance's
+    ``init`` field tells them apart). Draws in bfloat16/float16 or on a GPU are other numbers from the same
+    distributions.
     """
-    from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-    auto_cls = AutoModelForMaskedLM if model.is_masked_lm else AutoModelForCausalLM
     config = copy.deepcopy(model.hf.config)
     for attr in ("quantization_config",):
         if hasattr(config, attr):
             delattr(config, attr)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        hf = auto_cls.from_config(config, dtype=torch.float32)
+    hf = _initialised_on_device(model, config, seed)
+    init = "meta device, HF _init_weights"
+    if hf is None:  # a parameter HF's _init_weights does not cover: the full float32 construction instead
+        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
+
+        auto_cls = AutoModelForMaskedLM if model.is_masked_lm else AutoModelForCausalLM
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            hf = auto_cls.from_config(config, dtype=torch.float32)
+        hf.to(device=model.device, dtype=model.dtype)
+        init = "float32 from_config, cast"
     hf.eval()
-    hf.to(device=model.device, dtype=model.dtype)
     name = f"{model.name}-random-init"
     provenance = {"source": "random-init", "of": {k: v for k, v in model.provenance.items() if k != "path"},
-                  "seed": seed, "name": name, "dtype": str(model.dtype).replace("torch.", ""),
+                  "seed": seed, "init": init, "name": name, "dtype": str(model.dtype).replace("torch.", ""),
                   "model_type": config.model_type}
     return Model(hf=hf, tokenizer=model.tokenizer, adapter=model.adapter, name=name, provenance=provenance)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -13,6 +14,7 @@ import torch
 from .. import _version
 from ..errors import LaminaError
 from ..paths import cache_dir
+from ._buffers import host_buffers
 from .activations import Activations, Rows
 from .hooks import StopForward, hooked
 from .models import Model, resolve_dtype
@@ -33,18 +35,31 @@ def residual_sites(model: Model) -> list[str]:
 
 
 def _as_texts(texts) -> list:
-    """A list of texts; each is a string or an already tokenised sequence of token ids."""
+    """A list of texts; each is a string or an already tokenised 1-D sequence of integer token ids (returned
+    as a list of ints)."""
     if isinstance(texts, str):
         texts = [texts]
-    texts = list(texts)
+    try:
+        texts = list(texts)
+    except TypeError:
+        raise LaminaError(f"texts must be a string or a list of strings or token-id sequences, not "
+                          f"{type(texts).__name__}") from None
     if not texts:
         raise LaminaError("no texts given; pass a string or a non-empty list of strings")
     for i, text in enumerate(texts):
         if isinstance(text, str):
             if not text.strip():
                 raise LaminaError(f"text {i} is empty; every text must contain some words")
-        elif not len(text):
+            continue
+        if isinstance(text, (bytes, bytearray)):
+            raise LaminaError(f"text {i} is bytes; decode it to a str first (e.g. data.decode('utf-8'))")
+        ids = np.asarray(text.detach().cpu() if isinstance(text, torch.Tensor) else text)
+        if not ids.size:
             raise LaminaError(f"text {i} has no token ids")
+        if ids.dtype.kind not in "iu" or ids.ndim != 1:
+            raise LaminaError(f"text {i} is neither a string nor a 1-D sequence of integer token ids "
+                              f"(got {type(text).__name__} of {ids.dtype} with shape {ids.shape})")
+        texts[i] = ids.tolist()
     return texts
 
 
@@ -70,6 +85,11 @@ def tokenize(model: Model, texts: str | Sequence[str], *, add_special_tokens: bo
     for i, text in enumerate(texts):
         if not isinstance(text, str):  # pre-tokenised: ids used as given
             ids = tuple(int(x) for x in text)
+            n_vocab = _vocab_rows(model)
+            bad = next((t for t in ids if not 0 <= t < n_vocab), None)
+            if bad is not None:
+                raise LaminaError(f"text {i} has token id {bad}, outside {model.name}'s vocabulary (0..{n_vocab - 1}); "
+                                  "pass ids made by this model's tokenizer")
             if limit is not None and len(ids) > limit:
                 raise LaminaError(f"text {i} has {len(ids)} tokens but {model.name} takes at most {limit}")
             out.append(TokenizedText(i, tok.decode(list(ids)), ids, None, (0,) * len(ids)))
@@ -85,6 +105,13 @@ def tokenize(model: Model, texts: str | Sequence[str], *, add_special_tokens: bo
         special = tuple(int(x) for x in enc["special_tokens_mask"][k])
         out.append(TokenizedText(i, text, ids, offsets, special))
     return out
+
+
+def _vocab_rows(model: Model) -> int:
+    """Rows of the input embedding: the token ids the model accepts."""
+    embedding = model.hf.get_input_embeddings()
+    rows = getattr(embedding, "num_embeddings", None)
+    return int(rows) if rows is not None else int(model.config.vocab_size)
 
 
 def _tokenizer_hash(model: Model) -> str:
@@ -118,12 +145,15 @@ class _Consumer:
     site: str
     slicer: object  # callable or None
     buffer: torch.Tensor
+    sink: object = None  # callable(rows_tensor, rows_slice): reducers (capture_reduced) instead of a buffer
 
 
 class _Recorder:
-    """Per-module hook functions that gather the selected rows straight into preallocated buffers."""
+    """Per-module hook functions that gather the selected rows straight into preallocated buffers, or hand
+    them (on the model's device) to sinks that reduce them."""
 
-    def __init__(self, model: Model, sites: Sequence[str], buffers: dict[str, torch.Tensor] | None):
+    def __init__(self, model: Model, sites: Sequence[str], buffers: dict[str, torch.Tensor] | None,
+                 sinks: dict | None = None):
         self.groups: dict[tuple[str, str], list[_Consumer]] = {}
         for site in sites:
             layer, _ = parse_site(site)
@@ -131,21 +161,29 @@ class _Recorder:
             slicer = point.part(model.config) if point.part else None
             key = (model.resolve_path(point.module_path(layer)), point.io)
             buf = buffers[site] if buffers is not None else None
-            self.groups.setdefault(key, []).append(_Consumer(site, slicer, buf))
+            sink = sinks.get(site) if sinks is not None else None
+            self.groups.setdefault(key, []).append(_Consumer(site, slicer, buf, sink))
         self.widths: dict[str, int] = {}
         self.fired: set[tuple[str, str]] = set()
         self.flat_index: torch.Tensor | None = None
         self.rows = slice(0, 0)
-        self.scratch: dict[tuple[str, str], torch.Tensor] = {}
+        self.identity = False
+        self.scratch: dict[tuple, torch.Tensor] = {}
+        # Sinks consume their rows inside the hook, so sites read only by sinks share one scratch per width.
+        self.shared = {key: all(c.sink is not None for c in cs) for key, cs in self.groups.items()}
 
     def hooks(self):
         return {key: (lambda t, key=key: self._read(key, t)) for key in self.groups}
 
-    def start_batch(self, flat_index: torch.Tensor, rows: slice) -> None:
-        self.flat_index, self.rows = flat_index, rows
+    def start_batch(self, flat_index: torch.Tensor, rows: slice, identity: bool = False) -> None:
+        """``identity``: the batch selects every token in order (no padding), so sinks get the module's output
+        itself, with no copy."""
+        self.flat_index, self.rows, self.identity = flat_index, rows, identity
         self.fired = set()
 
     def _read(self, key, tensor: torch.Tensor) -> None:
+        if tensor.device != self.flat_index.device:  # a model split over devices: rows to its home device
+            tensor = tensor.to(self.flat_index.device)
         width = tensor.shape[-1]
         flat = tensor.reshape(-1, width)
         consumers = self.groups[key]
@@ -157,14 +195,20 @@ class _Recorder:
             else:
                 dest.copy_(flat.index_select(0, self.flat_index), non_blocking=True)
         else:
-            scratch = self.scratch.get(key)
-            if scratch is None or scratch.shape[0] < n or scratch.dtype != flat.dtype:
-                scratch = self.scratch[key] = torch.empty((max(n, 1), width), dtype=flat.dtype,
-                                                          device=flat.device)
-            gathered = torch.index_select(flat, 0, self.flat_index, out=scratch[:n])
+            if self.identity and self.shared[key]:
+                gathered = flat
+            else:
+                slot = (width, flat.dtype, flat.device) if self.shared[key] else key
+                scratch = self.scratch.get(slot)
+                if scratch is None or scratch.shape[0] < n or scratch.dtype != flat.dtype:
+                    scratch = self.scratch[slot] = torch.empty((max(n, 1), width), dtype=flat.dtype,
+                                                               device=flat.device)
+                gathered = torch.index_select(flat, 0, self.flat_index, out=scratch[:n])
             for c in consumers:
                 part = c.slicer(gathered) if c.slicer else gathered
-                if c.buffer is None:
+                if c.sink is not None:
+                    c.sink(part, self.rows)
+                elif c.buffer is None:
                     self.widths[c.site] = int(part.shape[-1])
                 else:
                     c.buffer[self.rows].copy_(part, non_blocking=True)
@@ -174,8 +218,9 @@ class _Recorder:
 
 
 def _forward(model: Model, runner: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
-    position_ids = (mask.cumsum(-1) - 1).clamp(min=0)
-    kwargs = {"input_ids": ids, "attention_mask": mask, "position_ids": position_ids}
+    kwargs = {"input_ids": ids, "attention_mask": mask}
+    if model.adapter.position_ids:  # else the model derives positions from the mask or ids itself (ALiBi, RoBERTa)
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     if not model.is_masked_lm:
         kwargs["use_cache"] = False
     try:
@@ -186,16 +231,18 @@ def _forward(model: Model, runner: torch.nn.Module, ids: torch.Tensor, mask: tor
 
 def _batches(lengths: list[int], batch_size: int | None) -> list[range]:
     """Consecutive runs of texts so each batch's rows form one contiguous range of the output."""
+    if batch_size is not None and batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
     out, start = [], 0
     while start < len(lengths):
-        end, longest = start, 0
+        end, longest = start + 1, lengths[start]  # every batch takes at least one text: the loop always ends
         while end < len(lengths):
             longest_next = max(longest, lengths[end])
             size = end - start + 1
             if batch_size is not None:
                 if size > batch_size:
                     break
-            elif size > 1 and size * longest_next > TOKENS_PER_BATCH:
+            elif size * longest_next > TOKENS_PER_BATCH:
                 break
             longest, end = longest_next, end + 1
         out.append(range(start, end))
@@ -270,13 +317,18 @@ def capture(
     store_dtype = resolve_dtype(dtype)
     if padding_side not in ("left", "right"):
         raise LaminaError(f"padding_side={padding_side!r} is not valid; use 'left' or 'right'")
+    if batch_size is not None and (isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral)
+                                   or batch_size < 1):
+        raise LaminaError(f"batch_size={batch_size!r} is not valid; use a whole number of texts per forward "
+                          "pass, at least 1 (or None to pack ~4096 tokens per pass)")
     key = capture_cache_key(model, texts, names, selector, store_dtype, add_special_tokens) if cache else None
     entry = cache_dir("activations", key) if key else None
-    if entry is not None and (entry / "activations.json").is_file():
-        from ..cache import mark_used
+    if entry is not None:
+        from ..cache import load_entry
 
-        mark_used(entry)
-        return Activations.load(entry)
+        cached = load_entry(entry)  # None: absent, or damaged (discarded with a warning): recompute
+        if cached is not None:
+            return cached
 
     tokenized = tokenize(model, texts, add_special_tokens=add_special_tokens)
     chosen = [selector(t) for t in tokenized]
@@ -285,7 +337,7 @@ def capture(
     if n_rows == 0:
         raise LaminaError("the position rule selected no tokens; check the positions option")
     widths = model.site_widths()
-    buffers = {s: torch.empty((n_rows, widths[s]), dtype=store_dtype) for s in names}
+    buffers = host_buffers({s: (n_rows, widths[s]) for s in names}, store_dtype)  # reused across captures
 
     runner = model.hf
     if "logits" not in names:
@@ -336,10 +388,9 @@ def capture(
     }
     acts = Activations(buffers, rows, provenance)
     if entry is not None:
-        from ..cache import evict
+        from ..cache import store_entry
 
-        acts.save(entry)
-        evict(keep=entry)  # least recently used entries beyond $LAMINA_CACHE_MAX_GB
+        store_entry(entry, acts)  # a cache that cannot be written warns; the result is returned all the same
     return acts
 
 

@@ -40,9 +40,14 @@ def compare_reports(folders: list[Path], out: Path) -> Path:
     docs = []
     for folder in folders:
         try:
-            docs.append(json.loads((Path(folder) / "results.json").read_text(encoding="utf-8")))
+            doc = json.loads((Path(folder) / "results.json").read_text(encoding="utf-8"))
         except (OSError, ValueError):
             raise LaminaError(f"{folder} has no readable results.json; pass folders written by 'lamina run'") from None
+        if not (isinstance(doc, dict) and isinstance(doc.get("study"), str) and isinstance(doc.get("model"), dict)
+                and isinstance(doc.get("results"), dict)):
+            raise LaminaError(f"{Path(folder) / 'results.json'} is not a lamina report (no study, model and results); "
+                              "pass folders written by 'lamina run'")
+        docs.append(doc)
     studies = {d["study"] for d in docs}
     if len(studies) != 1:
         raise LaminaError(f"compare reports of one study at a time (got {', '.join(sorted(studies))})")

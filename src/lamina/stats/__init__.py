@@ -1,11 +1,13 @@
 """Pure statistics: arrays in, arrays out; no model and no I/O. Each function documents its shapes."""
 
+from .bootstrap import bootstrap_ci, bootstrap_curve_ci
 from .correlation import (
     CorrelationResult,
     correct_pvalues,
     correlate,
     correlate_columns,
     fisher_z_compare,
+    fisher_z_variance,
     independent_ttest,
     partial_correlate_columns,
     partial_from_correlations,
@@ -23,6 +25,15 @@ from .mi import (
     pairwise_mutual_information,
     resolve_bins,
     trim_mask,
+)
+from .mi_bias import MIBias, mutual_information_bias
+from .nulls import (
+    NullTest,
+    empirical_null,
+    label_permutation_test,
+    mantel_test,
+    permutation_test,
+    trend_test,
 )
 from .rsa import (
     category_selectivity,
@@ -45,8 +56,12 @@ from .similarity import (
 __all__ = [
     "BIN_RULES",
     "CorrelationResult",
+    "MIBias",
+    "NullTest",
     "adjustment_cosine",
     "bimodality_bic",
+    "bootstrap_ci",
+    "bootstrap_curve_ci",
     "category_selectivity",
     "column_correlation",
     "column_cosine_similarity",
@@ -58,17 +73,22 @@ __all__ = [
     "correlation_matrix",
     "cosine_similarity_matrix",
     "covariance_matrix",
+    "empirical_null",
     "entropy",
     "fisher_z_compare",
+    "fisher_z_variance",
     "fixed_histogram",
     "gaussian_mutual_information",
     "independent_ttest",
     "joint_entropy",
     "kendall_tau_a",
     "label_blocks",
+    "label_permutation_test",
     "label_product_mask",
+    "mantel_test",
     "masked_correlation_matrix",
     "mutual_information",
+    "mutual_information_bias",
     "mutual_information_null",
     "naive_mutual_information",
     "pairwise_mutual_information",
@@ -77,8 +97,10 @@ __all__ = [
     "participation_ratio",
     "path_lengths",
     "pca_spectrum",
+    "permutation_test",
     "rdm",
     "resolve_bins",
+    "trend_test",
     "trim_mask",
     "upper_triangle",
     "zscore_outliers",

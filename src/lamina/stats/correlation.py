@@ -8,6 +8,7 @@ import numpy as np
 from scipy import stats as sps
 
 from ..errors import LaminaError
+from .mi import _as_real
 
 __all__ = [
     "CorrelationResult",
@@ -16,6 +17,7 @@ __all__ = [
     "partial_correlate_columns",
     "partial_from_correlations",
     "fisher_z_compare",
+    "fisher_z_variance",
     "independent_ttest",
     "correct_pvalues",
 ]
@@ -34,8 +36,8 @@ class CorrelationResult:
 
 
 def _pair(x, y) -> tuple[np.ndarray, np.ndarray]:
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+    x = _as_real(x, "x").ravel()
+    y = _as_real(y, "y").ravel()
     if x.shape != y.shape:
         raise LaminaError(f"x and y must have the same length (got {x.size} and {y.size})")
     if x.size < 3:
@@ -86,10 +88,10 @@ def correlate_columns(x, Y, *, return_p: bool = False):
         r of shape (..., m), or (k, ..., m) for a 2-D ``x`` (and p of the same shape). Constant columns give
         r = 0.
     """
-    x = np.asarray(x, dtype=np.float64)
+    x = _as_real(x, "x")
     if x.ndim not in (1, 2):
         raise LaminaError(f"x must have shape (n,) or (k, n); got {x.shape}")
-    Y = np.asarray(Y, dtype=np.float64)
+    Y = _as_real(Y, "Y")
     n = x.shape[-1]
     if Y.ndim < 2 or Y.shape[-2] != n:
         raise LaminaError(f"Y must have shape (..., {n}, m); got {Y.shape}")
@@ -133,24 +135,40 @@ def partial_from_correlations(r_xy, r_zy, r_xz) -> np.ndarray:
         return np.where(denom > 0, (r_xy - r_xz * r_zy) / np.where(denom > 0, denom, 1.0), 0.0)
 
 
-def fisher_z_compare(r1, n1, r2, n2) -> tuple[float, float]:
+#: Variance of atanh(r) for n observations: (numerator, n offset) of ``numerator / (n - offset)``. Pearson:
+#: Fisher (1921); Spearman and Kendall: Fieller, Hartley & Pearson (1957), Biometrika 44, 470-481.
+FISHER_Z_VARIANCE = {"pearson": (1.0, 3), "spearman": (1.06, 3), "kendall": (0.437, 4)}
+
+
+def fisher_z_variance(n, method: str = "pearson") -> float:
+    """Sampling variance of ``atanh`` of a correlation from ``n`` observations (see ``FISHER_Z_VARIANCE``)."""
+    if method not in FISHER_Z_VARIANCE:
+        raise LaminaError(f"method={method!r} is not valid; use one of {', '.join(FISHER_Z_VARIANCE)}")
+    num, offset = FISHER_Z_VARIANCE[method]
+    if n <= offset:
+        raise LaminaError(f"the Fisher z test of a {method} correlation needs more than {offset} observations "
+                          f"(got {n})")
+    return num / (n - offset)
+
+
+def fisher_z_compare(r1, n1, r2, n2, *, method: str = "pearson") -> tuple[float, float]:
     """Compare two independent correlations with Fisher's z: returns (z, two-sided p).
 
-    ``z = (atanh r1 - atanh r2) / sqrt(1/(n1 - 3) + 1/(n2 - 3))``.
+    ``z = (atanh r1 - atanh r2) / sqrt(v(n1) + v(n2))`` with ``v(n) = 1/(n - 3)`` for Pearson r,
+    ``1.06/(n - 3)`` for Spearman rho and ``0.437/(n - 4)`` for Kendall tau (Fieller, Hartley & Pearson 1957).
     """
-    if min(n1, n2) <= 3:
-        raise LaminaError("the Fisher z test needs more than 3 observations per correlation")
+    var = fisher_z_variance(n1, method) + fisher_z_variance(n2, method)
     clip = 1 - 1e-15
     z1 = np.arctanh(np.clip(r1, -clip, clip))
     z2 = np.arctanh(np.clip(r2, -clip, clip))
-    z = (z1 - z2) / np.sqrt(1.0 / (n1 - 3) + 1.0 / (n2 - 3))
+    z = (z1 - z2) / np.sqrt(var)
     return float(z), float(2 * sps.norm.sf(abs(z)))
 
 
 def independent_ttest(a, b, *, equal_var: bool = True) -> tuple[float, float]:
     """Independent two-sample t-test (scipy.stats.ttest_ind): returns (t, two-sided p)."""
-    a = np.asarray(a, dtype=np.float64).ravel()
-    b = np.asarray(b, dtype=np.float64).ravel()
+    a = _as_real(a, "a").ravel()
+    b = _as_real(b, "b").ravel()
     if a.size < 2 or b.size < 2:
         raise LaminaError("a t-test needs at least 2 values per group")
     if np.ptp(np.concatenate([a, b])) == 0:

@@ -43,6 +43,77 @@ MAX_BINS = 255
 BIN_RULES = ("fd", "sqrt", "sturges", "scott", "rice", "doane", "auto")
 
 
+def _as_real(X, what: str = "X") -> np.ndarray:
+    """``X`` as a float64 array; complex input is a user mistake (a silent cast would drop the imaginary part)."""
+    complex_input = X.is_complex() if type(X).__module__.startswith("torch") else np.iscomplexobj(X)
+    if complex_input:
+        raise LaminaError(f"{what} is complex ({X.dtype}); these statistics need real values: pass its .real, "
+                          ".imag or abs() explicitly")
+    return np.asarray(X, dtype=np.float64)
+
+
+def _index_of(row: int, n: int, lead: tuple) -> str:
+    """Human-readable position of flat row ``row`` of an (..., n, d) array: 'vector 3' or 'vector 3 of X[2]'."""
+    g, a = divmod(int(row), n)
+    return f"vector {a}" + (f" of X[{', '.join(map(str, np.unravel_index(g, lead)))}]" if lead else "")
+
+
+def _check_range(flat: np.ndarray, trim_z: float | None, n: int, lead: tuple) -> None:
+    """Raise if a vector's range (histogram bins) or, with trimming, its z-scores overflow float64."""
+    lo = flat.min(axis=-1)
+    hi = flat.max(axis=-1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        span = hi - lo
+    bad = np.flatnonzero(~np.isfinite(span))
+    if bad.size:
+        r = bad[0]
+        raise LaminaError(f"{_index_of(r, n, lead)} spans {lo[r]:.3g}..{hi[r]:.3g}, a range float64 cannot hold, "
+                          "so its histogram bins overflow; rescale X (e.g. divide it by its largest absolute value)")
+    if trim_z is None:
+        return
+    # The z-scores square deviations: only values beyond ~1e150 can overflow there.
+    big = np.flatnonzero(np.maximum(np.abs(lo), np.abs(hi)) > 1e150)
+    if big.size:
+        with np.errstate(over="ignore", invalid="ignore"):
+            var = flat[big].var(axis=-1)
+        bad = big[~np.isfinite(var)]
+        if bad.size:
+            raise LaminaError(f"the z-scores of {_index_of(bad[0], n, lead)} overflow float64 (values up to "
+                              f"{max(abs(lo[bad[0]]), abs(hi[bad[0]])):.3g}), so trim_z cannot be applied; "
+                              "rescale X (e.g. divide it by its largest absolute value)")
+
+
+def _check_kept(keep: np.ndarray, n: int, lead: tuple, trim_z: float) -> None:
+    """Raise if trimming leaves a vector, or a pair of vectors of the same group, without any dimension.
+
+    Args:
+        keep: (m, d) trim mask of m = groups * n vectors.
+    """
+    kept = keep.sum(axis=-1)
+    if (kept == 0).any():
+        r = int(np.flatnonzero(kept == 0)[0])
+        raise LaminaError(f"trim_z={trim_z} keeps no dimension of {_index_of(r, n, lead)}; use a larger trim_z "
+                          "(>= 1 always keeps some) or trim_z=None")
+    d = keep.shape[-1]
+    K = kept.reshape(-1, n)
+    # Two kept sets of sizes ka and kb share at least ka + kb - d dimensions: only pairs with ka + kb <= d
+    # can be disjoint, and those are checked explicitly.
+    if n < 2:
+        return
+    two_smallest = np.partition(K, 1, axis=1)[:, :2].sum(axis=1)
+    groups = np.flatnonzero(two_smallest <= d)  # usually none: then no pair can be disjoint
+    g, a, b = np.nonzero(np.triu(K[groups, :, None] + K[groups, None, :] <= d, 1))
+    g = groups[g]
+    for start in range(0, g.size, 4096):
+        ra = g[start:start + 4096] * n + a[start:start + 4096]
+        rb = g[start:start + 4096] * n + b[start:start + 4096]
+        empty = ~(keep[ra] & keep[rb]).any(axis=-1)
+        if empty.any():
+            i = int(np.flatnonzero(empty)[0])
+            raise LaminaError(f"trim_z={trim_z} keeps no dimension shared by {_index_of(ra[i], n, lead)} and "
+                              f"{_index_of(rb[i], n, lead)}; use a larger trim_z or trim_z=None")
+
+
 def _check_finite(X: np.ndarray, what: str = "X") -> None:
     if not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
@@ -60,7 +131,7 @@ def trim_mask(X: np.ndarray, trim_z: float | None) -> np.ndarray:
     Returns:
         Boolean array of shape (..., d). A constant vector keeps every dimension (its z is defined as 0).
     """
-    X = np.asarray(X, dtype=np.float64)
+    X = _as_real(X)
     if trim_z is None:
         return np.ones(X.shape, dtype=bool)
     if not trim_z > 0:
@@ -91,7 +162,7 @@ def resolve_bins(X: np.ndarray, bins: int | str = 15, trim_z: float | None = Non
         return int(bins)
     if bins not in BIN_RULES:
         raise LaminaError(f"bins={bins!r} is not valid; use a positive integer or one of {', '.join(BIN_RULES)}")
-    X = np.asarray(X, dtype=np.float64)
+    X = _as_real(X)
     flat = X.reshape(-1, X.shape[-1])
     keep = trim_mask(flat, trim_z)
     counts = [len(np.histogram_bin_edges(row[k], bins=bins)) - 1 for row, k in zip(flat, keep) if k.any()]
@@ -112,6 +183,8 @@ def pairwise_mutual_information(
     estimator: str = "histogram",
     correction: str | None = None,
     backend: str = "auto",
+    device=None,
+    max_bytes: int | None = None,
     n_neighbors: int = 3,
     random_state: int = 0,
     return_bins: bool = False,
@@ -128,7 +201,13 @@ def pairwise_mutual_information(
         estimator: ``"histogram"`` (the definition in this module) or ``"ksg"`` (scikit-learn's
             ``mutual_info_regression``, the Kraskov kNN estimator; no trimming, no bins).
         correction: None or ``"miller-madow"`` (adds (m_x + m_y - m_xy - 1) / 2N nats, m = occupied bins).
-        backend: ``"auto"`` (GPU path for CUDA tensors, else compiled CPU kernels), ``"numba"`` or ``"torch"``.
+        backend: ``"auto"`` (torch for a CUDA tensor or a non-CPU ``device``, else numba), ``"numba"`` (compiled
+            CPU kernels) or ``"torch"`` (one-hot matrix products on a torch device; the same numbers as numba
+            up to float64 summation order, ~1e-15).
+        device: torch backend only: where to compute (``"cuda"``, ``"cuda:1"``, ``"cpu"``). None: the device of
+            a tensor ``X``, else CUDA if available, else the CPU.
+        max_bytes: torch backend only: the device working-set budget in bytes (default 1 GiB), bounding the
+            blocks of pairs computed at once.
         n_neighbors: k of the kNN estimator.
         random_state: seed of the kNN estimator's jitter.
         return_bins: also return the resolved bin count.
@@ -146,11 +225,22 @@ def pairwise_mutual_information(
         raise LaminaError(f"base must be positive and not 1 (got {base})")
     is_torch = type(X).__module__.startswith("torch")
     on_cuda = is_torch and X.is_cuda
+    requested = backend
     if backend == "auto":
-        backend = "torch" if on_cuda else "numba"
+        on_gpu = on_cuda or (device is not None and str(device).split(":")[0] not in ("cpu", "meta"))
+        backend = "torch" if on_gpu and estimator == "histogram" else "numba"
     if backend not in ("numba", "torch"):
         raise LaminaError(f"backend={backend!r} is not valid; use 'auto', 'numba' or 'torch'")
-    Xn = X.detach().to("cpu").double().numpy() if is_torch else np.asarray(X, dtype=np.float64)
+    if requested == "numba" and (device is not None or max_bytes is not None):
+        raise LaminaError("device= and max_bytes= apply to backend='torch' only; pass backend='torch' or drop them")
+    torch_device = None
+    if backend == "torch":
+        from ._mi_torch import resolve_device
+
+        torch_device = resolve_device(device, X if is_torch else None)  # a missing GPU fails before any work
+    if is_torch and X.is_complex():
+        _as_real(X)  # raises
+    Xn = X.detach().to("cpu").double().numpy() if is_torch else _as_real(X)
     if Xn.ndim < 2:
         raise LaminaError(f"X must have shape (..., n, d); got shape {Xn.shape}")
     if Xn.shape[-1] < 2 or Xn.shape[-2] < 1:
@@ -158,16 +248,21 @@ def pairwise_mutual_information(
     _check_finite(Xn)
     lead, n, d = Xn.shape[:-2], Xn.shape[-2], Xn.shape[-1]
     flat = np.ascontiguousarray(Xn.reshape(-1, d))
+    _check_range(flat, trim_z if estimator == "histogram" else None, n, lead)
     if estimator == "ksg":
         mi = _pairwise_ksg(flat.reshape(-1, n, d), n_neighbors, random_state) / math.log(base)
         mi = mi.reshape(*lead, n, n)
         return (mi, None) if return_bins else mi
     n_bins = resolve_bins(Xn, bins, trim_z)
     keep = trim_mask(flat, trim_z)
+    if trim_z is not None:
+        _check_kept(keep, n, lead, trim_z)
     if backend == "torch":
         from ._mi_torch import pairwise_mi_torch
 
-        nats, mm = pairwise_mi_torch(X if is_torch else flat, flat, keep, trim_z is not None, n_bins, n)
+        source = X if is_torch and X.device == torch_device else None  # already there: no second upload
+        nats, mm = pairwise_mi_torch(flat, keep, trim_z is not None, n_bins, n, device=torch_device,
+                                     source=source, max_bytes=max_bytes, want_mm=correction is not None)
     else:
         nats, mm = _pairwise_numba(flat, keep, trim_z is not None, n_bins, n, correction is not None)
     if correction == "miller-madow":
@@ -224,8 +319,8 @@ def mutual_information(x, y, *, bins: int | str = 15, trim_z: float | None = Non
 
     See the module docstring for the exact definition; ``bins`` rules resolve over both vectors.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+    x = _as_real(x, "x").ravel()
+    y = _as_real(y, "y").ravel()
     if x.shape != y.shape:
         raise LaminaError(f"x and y must have the same length (got {x.size} and {y.size})")
     mi = pairwise_mutual_information(np.stack([x, y]), bins=bins, trim_z=trim_z, base=base,
@@ -235,7 +330,7 @@ def mutual_information(x, y, *, bins: int | str = 15, trim_z: float | None = Non
 
 def entropy(x, *, bins: int | str = 15, trim_z: float | None = None, base: float = 2.0) -> float:
     """Entropy of the histogram of one vector's (kept) values: ``-sum p log p``."""
-    x = np.asarray(x, dtype=np.float64).ravel()
+    x = _as_real(x, "x").ravel()
     return float(pairwise_mutual_information(x[None, :], bins=bins, trim_z=trim_z, base=base)[0, 0])
 
 
@@ -251,8 +346,8 @@ def joint_entropy(x, y, *, bins: int | str = 15, base: float = 2.0) -> float:
     Returns:
         H(x, y) in units of ``base``.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+    x = _as_real(x, "x").ravel()
+    y = _as_real(y, "y").ravel()
     m = pairwise_mutual_information(np.stack([x, y]), bins=bins, base=base)
     return float(m[0, 0] + m[1, 1] - m[0, 1])
 
@@ -262,8 +357,8 @@ def mutual_information_null(x, y, *, n_permutations: int = 200, seed: int = 0, *
 
     The bias of the histogram estimator shows here: independent data still give MI > 0.
     """
-    x = np.asarray(x, dtype=np.float64).ravel()
-    y = np.asarray(y, dtype=np.float64).ravel()
+    x = _as_real(x, "x").ravel()
+    y = _as_real(y, "y").ravel()
     rng = np.random.default_rng(seed)
     shuffled = np.stack([rng.permutation(y) for _ in range(n_permutations)])
     X = np.stack([np.broadcast_to(x, shuffled.shape), shuffled], axis=1)  # (n_permutations, 2, d)

@@ -5,7 +5,11 @@ A study is registered with :func:`register` and provides:
 - ``Config``: a frozen dataclass (defaults from the protocol, validated in ``__post_init__``);
 - ``compute(model, config, inputs) -> StudyOutput``: the numbers (JSON-able ``results``, large ``arrays``
   for figures, the ``claims`` table, and ``resolved`` config values such as a scaled default layer);
-- ``figures(output, folder) -> list[(file, caption)]``: drawing only, from the computed output.
+- ``claims(output, config, baseline) -> list[dict]``: the claim records (:mod:`lamina.studies.claims`), decided
+  from the computed output and, where the science needs that control, the same study's output on the seeded
+  random-init copy of the model (``baseline``; None when that run was skipped);
+- ``figures(output, folder) -> list[(file, caption)]``: drawing only, from the computed output
+  (``output.baseline`` holds the random-init run's output, or None).
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ class StudyOutput:
     claims: list[dict]
     resolved: dict = field(default_factory=dict)
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    #: The same study computed on the seeded random-init copy of the model (set by the runner), or None.
+    baseline: "StudyOutput | None" = None
 
 
 @dataclass(frozen=True)
@@ -59,6 +65,24 @@ class Study:
     figures: Callable
     demo: bool = True  # run by `lamina demo`
     needs: str = "any"  # "any", "causal", "masked" or "none" (synthetic data, no model)
+    module: str = ""  # the study's module, whose ``claims(output, config, baseline)`` decides its claims
+
+    def decide_claims(self, output: "StudyOutput", config, baseline: "StudyOutput | None") -> list[dict]:
+        """The claims of ``output``, each with the random-init baseline run's values beside it (when there is one).
+
+        The module's ``claims`` is called on the baseline output too (without a baseline of its own); claims
+        are matched by position, which every study keeps independent of the data.
+        """
+        import sys
+
+        make = getattr(sys.modules.get(self.module), "claims", None)
+        if make is None:  # a study that still builds its claims inside compute
+            return list(output.claims)
+        claims = make(output, config, baseline)
+        if baseline is not None:
+            for claim, base in zip(claims, make(baseline, config, None)):
+                claim["baseline"] = {"measured": base.get("measured"), "verdict": base.get("verdict")}
+        return claims
 
 
 #: Registered studies by name.
@@ -75,7 +99,7 @@ def register(name: str, description: str, config_cls: type, *, demo: bool = True
         def draw(output, folder):  # looked up at call time: `figures` is defined below `compute`
             return module.figures(output, folder)
 
-        REGISTRY[name] = Study(name, description, config_cls, compute, draw, demo, needs)
+        REGISTRY[name] = Study(name, description, config_cls, compute, draw, demo, needs, compute.__module__)
         return compute
 
     return deco
@@ -155,9 +179,20 @@ def environment() -> dict:
     return versions
 
 
-def write_results(folder: Path, study: Study, model, config, output: StudyOutput) -> dict:
-    """``results.json`` (deterministic: no timestamps) and ``arrays.npz`` for the figures."""
-    folder.mkdir(parents=True, exist_ok=True)
+def write_results(folder: Path, study: Study, model, config, output: StudyOutput, claims: list[dict] | None = None,
+                  *, baseline_model=None, baseline_note: str | None = None, check: dict | None = None) -> dict:
+    """Write ``results.json`` (deterministic: no timestamps), ``provenance.json`` and ``arrays.npz`` into
+    ``folder`` (the runner's fresh temporary folder, swapped in whole when the report is complete).
+
+    Args:
+        claims: the decided claims (default: ``output.claims``).
+        baseline_model: the random-init copy the baseline run used (its summary is recorded), or None.
+        baseline_note: why the baseline run was skipped, when it was.
+        check: the outcome of ``lamina check`` for this model, recorded in the provenance.
+    """
+    from .claims import tally
+
+    claims = list(output.claims if claims is None else claims)
     config_block = {**dataclasses.asdict(config), **output.resolved}
     doc = {
         "study": study.name,
@@ -165,15 +200,24 @@ def write_results(folder: Path, study: Study, model, config, output: StudyOutput
         "model": model.summary(),
         "config": config_block,
         "results": output.results,
-        "claims": output.claims,
+        "claims": claims,
+        "verdicts": tally(claims),
     }
+    if output.baseline is not None:
+        doc["baseline"] = {"model": baseline_model.summary() if baseline_model is not None else None,
+                           "results": output.baseline.results,
+                           "resolved": output.baseline.resolved}
+    else:
+        doc["baseline"] = {"skipped": baseline_note or "no baseline run"}
     atomic_write_text(folder / "results.json", json_dumps(_finite(doc)) + "\n")
-    atomic_write_text(folder / "provenance.json", json_dumps({"environment": environment(),
-                                                                "model": model.provenance}) + "\n")
+    provenance = {"environment": environment(), "model": model.provenance}
+    if baseline_model is not None:
+        provenance["baseline_model"] = baseline_model.provenance
+    if check is not None:
+        provenance["check"] = check
+    atomic_write_text(folder / "provenance.json", json_dumps(_finite(provenance)) + "\n")
     if output.arrays:
-        tmp = folder / ".arrays.tmp.npz"
-        np.savez_compressed(tmp, **output.arrays)
-        tmp.replace(folder / "arrays.npz")
+        np.savez_compressed(folder / "arrays.npz", **output.arrays)
     return doc
 
 

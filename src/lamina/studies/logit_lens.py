@@ -21,8 +21,9 @@ import torch
 
 from ..capture import capture, residual_sites, select
 from ..errors import LaminaError
-from ..stats import correlate
-from .base import Claim, StudyOutput, register, scaled_layer
+from ..stats import bootstrap_curve_ci
+from .base import StudyOutput, register, scaled_layer
+from .logit_lens_claims import claims, extreme_z  # noqa: F401 - the framework reads `claims`
 
 FIGURE_POSITIONS = 32
 
@@ -38,6 +39,9 @@ class LogitLensConfig:
         layer: decoders: the early layer (None: layer 3 of 12 scaled to the model).
         mask_word: masked LMs: the word replaced by the mask token (its first occurrence).
         top_k: tokens listed per layer at the reported position.
+        alpha: significance level of the claims' tests.
+        n_bootstrap: bootstrap resamples of the positions (CIs of the per-layer rank curve and settle depth).
+        seed: seed of the bootstrap and of the permutation tests.
     """
 
     text: str = "The way you do anything is the way you do everything"
@@ -46,12 +50,31 @@ class LogitLensConfig:
     layer: int | None = None
     mask_word: str = "way"
     top_k: int = 5
+    alpha: float = 0.05
+    n_bootstrap: int = 1000
+    seed: int = 0
 
     def __post_init__(self):
+        from . import _checks as check
+
         if not self.text.strip() or not self.word.strip() or not self.mask_word.strip():
             raise LaminaError("text, word and mask_word must not be empty")
-        if self.top_k < 1:
-            raise LaminaError("top_k must be >= 1")
+        check.layer("layer", self.layer)
+        check.at_least("top_k", self.top_k, 1)
+        check.between("alpha", self.alpha, 0, 1)
+        check.at_least("n_bootstrap", self.n_bootstrap, 100)  # a 95% CI from fewer resamples is too coarse
+        check.seed("seed", self.seed)
+
+    def check_model(self, model) -> None:
+        """Settings whose range depends on the model (the runner calls this after loading, before computing)."""
+        from . import _checks as check
+
+        check.layer_of("layer", self.layer, model.n_layers + 1, model.name, "hidden states")
+        head = model.hf.get_output_embeddings()
+        vocab = int(head.out_features if hasattr(head, "out_features") else model.config.vocab_size)
+        if self.top_k > vocab:
+            raise LaminaError(f"top_k={self.top_k} is larger than {model.name}'s vocabulary ({vocab} tokens); "
+                              f"choose at most {vocab}")
 
 
 def _decode(model, ids) -> list[str]:
@@ -68,27 +91,39 @@ def compute(model, config: LogitLensConfig, inputs) -> StudyOutput:
 
 
 def _lens_modules(model):
-    sites = model.adapter.final_sites
-    if "ln_final.hook_normalized" not in sites:
-        raise LaminaError(f"the {model.arch} adapter names no final norm; the logit lens needs one")
-    return model.module(sites["ln_final.hook_normalized"].module), model.module(sites["logits"].module)
+    from ..capture.sites import readout
+
+    return readout(model)  # the model's own final norm, head modules and logit soft-cap/scale, in order
 
 
 def _causal(model, config: LogitLensConfig, text: str) -> StudyOutput:
     acts = capture(model, text, residual_sites(model) + ["logits"], cache=True)
     hidden = acts.residual_stream()  # (L + 1, T, d)
-    final_norm, head = _lens_modules(model)
+    lens = _lens_modules(model)
     n_states, n_tokens = hidden.shape[0], hidden.shape[1]
     model_logits = acts["logits"].double()
     final_ids = model_logits.argmax(-1)  # (T,)
+    L = n_states - 1
+    early = config.layer if config.layer is not None else scaled_layer(3, 12, L)
+    if not 0 <= early <= L:
+        raise LaminaError(f"layer {early} does not exist; {model.name} has hidden states 0-{L}")
+    tokens = list(acts.rows.token)
+    word_pos = [int(p) for p in select.word(config.word)(_tokenized(model, text))]
+    expected_ids = _expected_ids(model, config.expected)
     top_ids = np.zeros((n_states, n_tokens), dtype=np.int64)
     top_prob, final_rank, final_prob, kl = (np.zeros((n_states, n_tokens)) for _ in range(4))
+    expected_rank = np.zeros((n_states, len(word_pos)))  # best rank of a token spelling `expected`, per occurrence
     target_logp = torch.log_softmax(model_logits, -1)
     with torch.no_grad():
         for layer in range(n_states):
-            logits = head(final_norm(hidden[layer].to(model.device, model.dtype))).double().cpu()
+            logits = lens(hidden[layer].to(model.device, model.dtype)).double().cpu()
             if layer == n_states - 1:
                 lens_error = float((logits - model_logits).abs().max())
+            if layer == early:
+                at_word = [{"position": p, "token": tokens[p],
+                            "next_token": tokens[p + 1] if p + 1 < n_tokens else None,
+                            "top_tokens": _decode(model, torch.topk(logits[p], config.top_k).indices.tolist())}
+                           for p in word_pos]
             logp = torch.log_softmax(logits, -1)
             top_ids[layer] = logits.argmax(-1).numpy()
             top_prob[layer] = logp.max(-1).values.exp().numpy()
@@ -96,62 +131,47 @@ def _causal(model, config: LogitLensConfig, text: str) -> StudyOutput:
             final_rank[layer] = (logits > own).sum(-1).numpy()
             final_prob[layer] = logp.gather(1, final_ids[:, None]).exp().squeeze(1).numpy()
             kl[layer] = (target_logp.exp() * (target_logp - logp)).sum(-1).numpy()
-    L = n_states - 1
-    early = config.layer if config.layer is not None else scaled_layer(3, 12, L)
-    if not 0 <= early <= L:
-        raise LaminaError(f"layer {early} does not exist; {model.name} has hidden states 0-{L}")
-    tokens = list(acts.rows.token)
-    word_pos = [int(p) for p in select.word(config.word)(_tokenized(model, text))]
-    at_word = []
-    for p in word_pos:
-        with torch.no_grad():
-            logits = head(final_norm(hidden[early, p:p + 1].to(model.device, model.dtype))).double().cpu()[0]
-        top = torch.topk(logits, config.top_k).indices.tolist()
-        at_word.append({"position": p, "token": tokens[p], "top_tokens": _decode(model, top),
-                        "next_token": tokens[p + 1] if p + 1 < n_tokens else None})
+            for i, p in enumerate(word_pos):
+                expected_rank[layer, i] = min((int((logits[p] > logits[p, e]).sum()) for e in expected_ids),
+                                              default=np.nan)
+    vocab = int(model_logits.shape[-1])
+    log_rank = np.log10(final_rank + 1)
     per_layer = [{"layer": layer, "final_rank_median": float(np.median(final_rank[layer])),
+                  "final_log10_rank_mean": float(log_rank[layer].mean()),
                   "final_prob_mean": float(final_prob[layer].mean()), "kl_to_final_mean": float(kl[layer].mean()),
                   "top_prob_mean": float(top_prob[layer].mean())} for layer in range(n_states)]
-    results = {"kind": "causal", "text": text, "tokens": tokens, "layer": early,
-               "final_predictions": _decode(model, final_ids.tolist()), "lens_vs_model_logits_max_abs": lens_error,
-               "at_word": at_word, "grid_top_tokens": [_decode(model, row) for row in top_ids],
-               "per_layer": per_layer}
-    arrays = {"top_prob": top_prob, "final_rank": final_rank, "final_prob": final_prob, "kl": kl}
-    return StudyOutput(results, _causal_claims(results, config, final_rank), arrays=arrays,
-                       resolved={"layer": early})
+    if n_tokens >= 2:
+        lo, hi = bootstrap_curve_ci(log_rank, n_resamples=config.n_bootstrap, seed=config.seed)
+        for row, a, b in zip(per_layer, lo, hi):
+            row["final_log10_rank_ci"] = [float(a), float(b)]
+    for w, i in zip(at_word, range(len(word_pos))):
+        w["expected_rank"] = None if np.isnan(expected_rank[early, i]) else int(expected_rank[early, i])
+        top1 = np.flatnonzero(expected_rank[:, i] == 0)
+        w["first_layer_expected_top1"] = int(top1[0]) if top1.size else None
+    results = {"kind": "causal", "text": text, "tokens": tokens, "layer": early, "vocab_size": vocab,
+               "expected_token_ids": expected_ids, "final_predictions": _decode(model, final_ids.tolist()),
+               "lens_vs_model_logits_max_abs": lens_error, "at_word": at_word,
+               "grid_top_tokens": [_decode(model, row) for row in top_ids], "per_layer": per_layer,
+               "chance_log10_rank": float(np.log10(vocab / 2))}
+    arrays = {"top_prob": top_prob, "final_rank": final_rank, "final_prob": final_prob, "kl": kl,
+              "expected_rank": expected_rank}
+    return StudyOutput(results, [], arrays=arrays, resolved={"layer": early})
+
+
+def _expected_ids(model, word: str) -> list[int]:
+    """Vocabulary ids of the single tokens that spell ``word`` (with or without a leading space)."""
+    ids = set()
+    for form in (word.strip(), " " + word.strip()):
+        enc = model.tokenizer(form, add_special_tokens=False)["input_ids"]
+        if len(enc) == 1 and model.tokenizer.decode(enc).strip() == word.strip():
+            ids.add(int(enc[0]))
+    return sorted(ids)
 
 
 def _tokenized(model, text: str):
     from ..capture import tokenize
 
     return tokenize(model, [text])[0]
-
-
-def _causal_claims(r: dict, config: LogitLensConfig, final_rank: np.ndarray) -> list[dict]:
-    layers = np.arange(final_rank.shape[0])
-    rho = [correlate(layers, final_rank[:, t], "spearman").r for t in range(final_rank.shape[1])
-           if np.ptp(final_rank[:, t]) > 0]
-    first_top = []
-    for t in range(final_rank.shape[1]):  # first layer from which the final token stays top-1
-        zero = final_rank[:, t] == 0
-        stays = np.flatnonzero([zero[i:].all() for i in range(len(zero))])
-        first_top.append(int(stays[0]) / max(1, len(zero) - 1) if stays.size else 1.0)
-    predicted = [w["top_tokens"][0] for w in r["at_word"]]
-    want = config.expected.strip()
-    return [
-        Claim("The lens at the last layer is the model's own output", "identical logits",
-              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3,
-              source="lamina"),
-        Claim("The final prediction emerges with depth: its rank falls through the layers", "rank falls",
-              {"median_spearman_layer_vs_rank": float(np.median(rho)) if rho else None},
-              None if not rho else float(np.median(rho)) < 0, source="lamina"),
-        Claim("The final prediction settles only in the later layers", "top-1 from late layers on",
-              {"mean_relative_depth_where_final_token_stays_top1": float(np.mean(first_top))},
-              float(np.mean(first_top)) > 0.5, source="lamina"),
-        Claim(f"At layer {r['layer']} the prediction after {config.word!r} is {want!r}",
-              f"{want!r} (GPT-2, layer 3 of 12)", {"top_token_after_word": predicted},
-              None if not predicted else any(p.strip() == want for p in predicted)),
-    ]
 
 
 def _masked(model, config: LogitLensConfig, text: str) -> StudyOutput:
@@ -171,7 +191,7 @@ def _masked(model, config: LogitLensConfig, text: str) -> StudyOutput:
     at_mask = select.where(lambda t: [t.ids.index(tok.mask_token_id)], key="mask-token")
     acts = capture(model, masked, residual_sites(model) + ["logits"], positions=at_mask, cache=True)
     hidden = acts.residual_stream()[:, 0]  # (L + 1, d) at the mask
-    head = model.module(model.adapter.final_sites["logits"].module)
+    head = _lens_modules(model)  # the whole MLM head (after the encoder's final norm, if it has one)
     decoder = model.module(model.adapter.extra["mlm_decoder"])
     per_layer = []
     with torch.no_grad():
@@ -186,37 +206,26 @@ def _masked(model, config: LogitLensConfig, text: str) -> StudyOutput:
                          "top_token": _decode(model, [int(logits.argmax())])[0], "top_z": float(z.max())}
         per_layer.append(row)
     results = {"kind": "masked", "text": masked, "target": tok.decode([target]), "per_layer": per_layer,
-               "lens_vs_model_logits_max_abs": lens_error}
+               "lens_vs_model_logits_max_abs": lens_error, "vocab_size": int(right_all.shape[-1])}
     arrays = {"right_z": np.array([p["right"]["target_z"] for p in per_layer]),
               "wrong_z": np.array([p["wrong"]["target_z"] for p in per_layer])}
-    return StudyOutput(results, _masked_claims(results), arrays=arrays)
-
-
-def _masked_claims(r: dict) -> list[dict]:
-    pl = r["per_layer"]
-    third = pl[-3] if len(pl) >= 3 else pl[0]
-    return [
-        Claim("The whole MLM head on the last hidden state is the model's own output", "identical logits",
-              {"max_abs_difference": r["lens_vs_model_logits_max_abs"]}, r["lens_vs_model_logits_max_abs"] < 1e-3,
-              source="lamina"),
-        Claim("At the third-to-last hidden state the right lens (whole MLM head) finds the masked word; the wrong "
-              "lens (decoder weights only) does not", "right z ~ 30, wrong z < 3",
-              {"layer": third["layer"], "right_z": third["right"]["target_z"],
-               "wrong_z": third["wrong"]["target_z"], "right_top": third["right"]["top_token"],
-               "wrong_top": third["wrong"]["top_token"]},
-              third["right"]["target_z"] > 10 and third["wrong"]["target_z"] < 3),
-    ]
+    return StudyOutput(results, [], arrays=arrays)
 
 
 def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     from ..report.figures import new_figure, save
 
     r, a = output.results, output.arrays
+    base = output.baseline
     files = []
     if r["kind"] == "masked":
         fig, axes = new_figure(1, 1, size=(7, 4))
         axes[0, 0].plot(a["right_z"], marker="o", label="right: whole MLM head")
         axes[0, 0].plot(a["wrong_z"], marker="s", label="wrong: decoder weights only")
+        bound = extreme_z(r["vocab_size"])
+        axes[0, 0].axhspan(-bound, bound, color="k", alpha=0.08, label="null: within the vocabulary's own extremes")
+        if base is not None:
+            axes[0, 0].plot(base.arrays["right_z"], color="grey", ls="--", label="right lens: random-init")
         axes[0, 0].set(title=f"z-score of {r['target']!r} at the mask", xlabel="hidden state", ylabel="z")
         axes[0, 0].legend()
         files.append((save(fig, folder, "z_scores", svg=True), "Masked-word z-score through the layers"))
@@ -249,4 +258,21 @@ def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     axes[0, 2].set(title="KL(final || layer), mean over positions", xlabel="hidden state", yscale="log")
     files.append((save(fig, folder, "per_layer", svg=True), "How the final prediction emerges (one line per "
                   "position)"))
+
+    fig, axes = new_figure(1, 1, size=(7, 4))
+    ax = axes[0, 0]
+    states = np.arange(len(pl))
+    ax.plot(states, [p["final_log10_rank_mean"] for p in pl], marker="o", ms=3, label="this model")
+    if "final_log10_rank_ci" in pl[0]:
+        ci = np.array([p["final_log10_rank_ci"] for p in pl])
+        ax.fill_between(states, ci[:, 0], ci[:, 1], alpha=0.3, label="95% bootstrap CI (positions)")
+    ax.axhline(r["chance_log10_rank"], color="k", ls=":", label="chance: median rank V/2")
+    if base is not None:
+        bpl = base.results["per_layer"]
+        ax.plot(np.arange(len(bpl)), [p["final_log10_rank_mean"] for p in bpl], color="grey", ls="--",
+                label="random-init (its own final prediction)")
+    ax.set(title="log10(rank + 1) of the final prediction, mean over positions", xlabel="hidden state")
+    ax.legend(fontsize=7)
+    files.append((save(fig, folder, "rank_curve", svg=True), "The final prediction's rank through depth, with the "
+                  "chance level and the random-init copy"))
     return files

@@ -4,6 +4,12 @@ Protocol (STUDIES.md section 3): for every token and block, the attention adjust
 the change of the hidden state; the cosine between the two adjustments; their Euclidean lengths (path
 lengths) and cumulative lengths; per layer the Pearson correlation across tokens (token 0 excluded) of
 PL_attn and PL_mlp with PL_hidden, FDR over layers; again with token 0 included; and Spearman.
+
+Nulls (issue #11): in a pre-norm block PL_hidden = |a + m|, so it correlates with |a| and |m| by construction;
+the random-init copy of the model is the control for "MLP correlates more strongly than attention" (paired
+bootstrap over tokens). Cosines are compared with two random directions in d dimensions (|cos| ~
+sqrt(2 / (pi d))); token 0's effect on r with every other token's effect (leave-one-in); the final step with
+the other blocks' steps (a block-order null).
 """
 
 from __future__ import annotations
@@ -15,7 +21,8 @@ import numpy as np
 from ..capture import capture, residual_sites
 from ..errors import LaminaError
 from ..stats import adjustment_cosine, correct_pvalues, correlate, path_lengths
-from .base import Claim, StudyOutput, register
+from .base import StudyOutput, register
+from .path_length_claims import claims, final_step_ratio, pearson_rows  # noqa: F401 - the framework reads `claims`
 from .texts import PHILOSOPHER_PARAGRAPH, default_text
 
 
@@ -26,18 +33,104 @@ class PathLengthConfig:
     Attributes:
         scatter_every: draw the PL scatter plots for every n-th layer.
         correction: multiple-comparison correction over layers ("fdr_bh" or "bonferroni").
-        alpha: significance level after correction.
+        alpha: significance level after correction (and of the claims' tests).
+        n_bootstrap: bootstrap resamples of the tokens (CIs of the per-layer correlations, cosines and steps).
+        seed: seed of the bootstrap (the same resamples on the random-init copy: a paired comparison).
     """
 
     scatter_every: int = 3
     correction: str = "fdr_bh"
     alpha: float = 0.05
+    n_bootstrap: int = 1000
+    seed: int = 0
 
     def __post_init__(self):
-        if self.scatter_every < 1:
-            raise LaminaError("scatter_every must be >= 1")
-        if self.correction not in ("fdr_bh", "bonferroni"):
-            raise LaminaError(f"correction must be fdr_bh or bonferroni (got {self.correction!r})")
+        from . import _checks as check
+
+        check.at_least("scatter_every", self.scatter_every, 1)
+        check.choice("correction", self.correction, ("fdr_bh", "bonferroni"))
+        check.between("alpha", self.alpha, 0, 1)
+        check.at_least("n_bootstrap", self.n_bootstrap, 100)  # a 95% CI from fewer resamples is too coarse
+        check.seed("seed", self.seed)
+
+
+def random_direction_abs_cos(d: int) -> dict:
+    """|cos| between two independent uniformly random directions in d dimensions.
+
+    ``(cos + 1) / 2 ~ Beta((d - 1) / 2, (d - 1) / 2)``, so ``E|cos| = Gamma(d/2) / (sqrt(pi) Gamma((d+1)/2))``
+    (~ sqrt(2 / (pi d))), ``E cos^2 = 1 / d``.
+
+    Returns:
+        ``{"mean", "sd", "q99"}``: mean and sd of |cos| and its 99th percentile.
+    """
+    from scipy import special, stats
+
+    a = (d - 1) / 2
+    mean = float(np.exp(special.gammaln(d / 2) - special.gammaln((d + 1) / 2)) / np.sqrt(np.pi))
+    q99 = float(2 * stats.beta.ppf(0.995, a, a) - 1)  # |cos| > q with probability 1%: cos beyond +-q
+    return {"mean": mean, "sd": float(np.sqrt(max(0.0, 1 / d - mean**2))), "q99": q99}
+
+
+def leave_one_in_influence(x: np.ndarray, y: np.ndarray, method: str = "pearson") -> np.ndarray:
+    """How much adding each token to the others changes the correlation of ``x`` and ``y``.
+
+    Args:
+        x, y: (..., T) per-token values; token 0 is the candidate outlier.
+        method: ``"pearson"`` or ``"spearman"``.
+
+    Returns:
+        (..., T): entry 0 is ``r(tokens 1..) - r(tokens 0..)`` (positive: including token 0 lowers r); entry
+        j >= 1 is ``r(tokens 1.. without j) - r(tokens 1..)``: the same change for token j, the null that
+        says how much one token moves r when it is not special.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64)
+    full = _corr(x, y, method)
+    base = _corr(x[..., 1:], y[..., 1:], method)
+    without = _drop_one_corr(x[..., 1:], y[..., 1:], method)
+    return np.concatenate([(base - full)[..., None], without - base[..., None]], axis=-1)
+
+
+def _corr(x, y, method):
+    if method == "spearman":
+        from scipy.stats import rankdata
+
+        x, y = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    return pearson_rows(x, y)
+
+
+def _drop_one_corr(x: np.ndarray, y: np.ndarray, method: str) -> np.ndarray:
+    """(..., n): the correlation of x and y (shape (..., n)) without item j, for every j (chunked over j)."""
+    from scipy.stats import rankdata
+
+    n = x.shape[-1]
+    lead = x.shape[:-1]
+    if method == "spearman":  # ranks without item j: items above it move down one (a tie half a step)
+        x, y = rankdata(x, axis=-1), rankdata(y, axis=-1)
+    out = np.empty((*lead, n))
+    step = max(1, 2_000_000 // max(1, n * int(np.prod(lead))))  # ~16 MB per (..., chunk, n) array
+    for start in range(0, n, step):
+        j = np.arange(start, min(n, start + step))
+        keep = np.ones((j.size, n))
+        keep[np.arange(j.size), j] = 0.0
+        xs = np.broadcast_to(x[..., None, :], (*lead, j.size, n))
+        ys = np.broadcast_to(y[..., None, :], (*lead, j.size, n))
+        if method == "spearman":
+            xj, yj = x[..., j, None], y[..., j, None]
+            xs = xs - (xs > xj) - 0.5 * (xs == xj) * keep
+            ys = ys - (ys > yj) - 0.5 * (ys == yj) * keep
+        m = keep.sum(-1)
+        xc = xs - (xs * keep).sum(-1, keepdims=True) / m[:, None]
+        yc = ys - (ys * keep).sum(-1, keepdims=True) / m[:, None]
+        sxy, sxx, syy = ((u * v * keep).sum(-1) for u, v in ((xc, yc), (xc, xc), (yc, yc)))
+        den = np.sqrt(sxx * syy)
+        out[..., j] = np.where(den > 0, sxy / np.where(den > 0, den, 1.0), 0.0)
+    return out
+
+
+def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
+    """(n_resamples, n) token indices drawn with replacement (seeded: two models get the same draws)."""
+    return np.random.default_rng(seed).integers(0, n, (n_resamples, n))
 
 
 @register("path-length", "Residual-stream path lengths of attention, MLP and hidden-state steps per token/layer",
@@ -52,16 +145,50 @@ def compute(model, config: PathLengthConfig, inputs) -> StudyOutput:
     hidden = acts.residual_stream().double().numpy()
     attn = acts.stack("hook_attn_out").double().numpy()
     mlp = acts.stack("hook_mlp_out").double().numpy()
+    results, arrays = measure_paths(hidden, attn, mlp, config)
+    results = {**text_info, "n_tokens": n_tokens, "tokens": list(acts.rows.token), **results}
+    return StudyOutput(results, [], arrays=arrays,
+                       resolved={"scatter_layers": list(range(0, attn.shape[0], config.scatter_every))})
+
+
+def measure_paths(hidden, attn, mlp, config: PathLengthConfig) -> tuple[dict, dict]:
+    """Every number of the study from the residual stream (pure: arrays in, results and arrays out).
+
+    Args:
+        hidden: (L + 1, T, d) hidden states; attn, mlp: (L, T, d) the blocks' adjustments.
+        config: the bootstrap settings, correction and alpha.
+
+    Returns:
+        (results: JSON-able, arrays: per-layer x token arrays and bootstrap replicates (L, B)).
+    """
+    n_tokens = attn.shape[1]
     pl = path_lengths(hidden, attn, mlp)
     cos = adjustment_cosine(attn, mlp)  # (L, T)
+    n_layers = attn.shape[0]
+    idx = bootstrap_indices(n_tokens - 1, config.n_bootstrap, config.seed)  # over tokens 1.. (token 0 excluded)
+    rest = {k: pl[k][:, 1:] for k in ("attn", "mlp", "hidden")}
+    abs_cos = np.abs(cos[:, 1:])
+    # Bootstrap replicates (L, B), one layer at a time: a (B, T) resample per layer keeps memory small.
+    boot = {k: np.stack([pearson_rows(rest[k][layer, idx], rest["hidden"][layer, idx]) for layer in range(n_layers)])
+            for k in ("attn", "mlp")}
+    boot_abs_cos = np.stack([abs_cos[layer, idx].mean(-1) for layer in range(n_layers)])
+    boot_step = np.stack([rest["hidden"][layer, idx].mean(-1) for layer in range(n_layers)])
+    influence = {(k, m): leave_one_in_influence(pl[k], pl["hidden"], m) for k in ("attn", "mlp")
+                 for m in ("pearson", "spearman")}  # each (L, T)
     per_layer = []
-    for layer in range(attn.shape[0]):
+    for layer in range(n_layers):
         row = {"layer": layer, "cos_mean": float(cos[layer].mean()), "cos_std": float(cos[layer].std()),
+               "mean_abs_cos": float(abs_cos[layer].mean()),
+               "mean_abs_cos_ci": np.quantile(boot_abs_cos[layer], [0.025, 0.975]).tolist(),
                "pl_attn": float(pl["attn"][layer].mean()), "pl_mlp": float(pl["mlp"][layer].mean()),
-               "pl_hidden": float(pl["hidden"][layer].mean())}
+               "pl_hidden": float(pl["hidden"][layer].mean()),
+               "step_without_token0": float(rest["hidden"][layer].mean()),
+               "step_without_token0_ci": np.quantile(boot_step[layer], [0.025, 0.975]).tolist()}
         for key in ("attn", "mlp"):
             x, y = pl[key][layer], pl["hidden"][layer]
-            row[key] = {"pearson": correlate(x[1:], y[1:]).r, "p": correlate(x[1:], y[1:]).p,
+            res = correlate(x[1:], y[1:])
+            row[key] = {"pearson": res.r, "p": res.p,
+                        "pearson_ci": np.quantile(boot[key][layer], [0.025, 0.975]).tolist(),
                         "pearson_with_token0": correlate(x, y).r, "spearman": correlate(x[1:], y[1:], "spearman").r,
                         "spearman_with_token0": correlate(x, y, "spearman").r}
         per_layer.append(row)
@@ -69,45 +196,27 @@ def compute(model, config: PathLengthConfig, inputs) -> StudyOutput:
         sig, adj = correct_pvalues([r[key]["p"] for r in per_layer], config.correction, config.alpha)
         for r, s, a in zip(per_layer, sig, adj):
             r[key].update({"p_adjusted": float(a), "significant": bool(s)})
-    results = {**text_info, "n_tokens": n_tokens, "tokens": list(acts.rows.token), "per_layer": per_layer,
-               "final_step_ratio": float(pl["hidden"][-1].mean() / np.median(pl["hidden"][:-1].mean(axis=1)))
-               if attn.shape[0] > 1 else None,
-               "token0_hidden_pl_ratio": float(pl["hidden"][:, 0].mean() / pl["hidden"][:, 1:].mean())}
+    token_influence = {m: np.mean([influence[(k, m)] for k in ("attn", "mlp")], axis=(0, 1)).tolist()
+                       for m in ("pearson", "spearman")}  # (T,) mean over layers and both adjustments
+    results = {"per_layer": per_layer, "d_model": int(attn.shape[-1]),
+               "random_direction_abs_cos": random_direction_abs_cos(attn.shape[-1]),
+               "final_step_ratio": final_step_ratio(rest["hidden"].mean(-1)),
+               "token0_hidden_pl_ratio": float(pl["hidden"][:, 0].mean() / pl["hidden"][:, 1:].mean()),
+               "token_influence": token_influence}
     arrays = {"pl_attn": pl["attn"], "pl_mlp": pl["mlp"], "pl_hidden": pl["hidden"], "cos": cos,
-              "cum_attn": pl["attn_cumulative"], "cum_mlp": pl["mlp_cumulative"], "cum_hidden": pl["hidden_cumulative"]}
-    return StudyOutput(results, _claims(results, per_layer), arrays=arrays,
-                       resolved={"scatter_layers": list(range(0, attn.shape[0], config.scatter_every))})
-
-
-def _claims(r: dict, pl: list[dict]) -> list[dict]:
-    n = len(pl)
-    mid = pl[1:-1] if n > 2 else pl
-    mean_abs_cos = float(np.mean([abs(p["cos_mean"]) for p in mid]))
-    mlp_wins = float(np.mean([p["mlp"]["pearson"] > p["attn"]["pearson"] for p in pl]))
-    without = np.mean([p[k]["pearson"] for p in pl for k in ("attn", "mlp")])
-    with0 = np.mean([p[k]["pearson_with_token0"] for p in pl for k in ("attn", "mlp")])
-    sp_without = np.mean([p[k]["spearman"] for p in pl for k in ("attn", "mlp")])
-    sp_with0 = np.mean([p[k]["spearman_with_token0"] for p in pl for k in ("attn", "mlp")])
-    return [
-        Claim("Attention and MLP adjustments are near-orthogonal (cosine ~ 0) except at the ends",
-              "cosine ~ 0", {"mean_abs_cos_middle_layers": mean_abs_cos}, mean_abs_cos < 0.2),
-        Claim("PL_mlp correlates with PL_hidden more strongly than PL_attn in most layers", "MLP > attention",
-              {"fraction_of_layers": mlp_wins}, mlp_wins > 0.5),
-        Claim("Including token 0 (the attention sink) collapses the Pearson correlations", "~0.6 -> ~-0.2",
-              {"mean_r_without_token0": float(without), "mean_r_with_token0": float(with0)}, with0 < without - 0.2),
-        Claim("Spearman is robust to token 0", "rank correlation restores the result",
-              {"mean_rho_without_token0": float(sp_without), "mean_rho_with_token0": float(sp_with0)},
-              abs(sp_with0 - sp_without) < abs(with0 - without)),
-        Claim("The last blocks take a big final step", "large final step",
-              {"last_over_median_step": r["final_step_ratio"]},
-              None if r["final_step_ratio"] is None else r["final_step_ratio"] > 2),
-    ]
+              "cum_attn": pl["attn_cumulative"], "cum_mlp": pl["mlp_cumulative"], "cum_hidden": pl["hidden_cumulative"],
+              "boot_r_attn": boot["attn"], "boot_r_mlp": boot["mlp"], "boot_abs_cos": boot_abs_cos,
+              "boot_step": boot_step}
+    return results, arrays
 
 
 def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
+    from matplotlib.collections import LineCollection
+
     from ..report.figures import new_figure, save
 
     r, a = output.results, output.arrays
+    base = output.baseline
     pl = r["per_layer"]
     layers = [p["layer"] for p in pl]
     files = []
@@ -119,29 +228,57 @@ def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     files.append((save(fig, folder, "heatmaps"), "Path lengths per layer and token (log scale)"))
 
     fig, axes = new_figure(1, 3, size=(15, 3.8))
+    ax = axes[0, 0]
     for key, color in (("attn", "tab:blue"), ("mlp", "tab:orange")):
-        axes[0, 0].plot(layers, [p[key]["pearson"] for p in pl], color=color, label=f"{key} (token 0 excluded)")
-        axes[0, 0].plot(layers, [p[key]["pearson_with_token0"] for p in pl], color=color, ls=":",
-                        label=f"{key} (token 0 included)")
-        axes[0, 0].plot(layers, [p[key]["spearman_with_token0"] for p in pl], color=color, ls="--",
-                        label=f"{key} Spearman (token 0 included)")
+        ci = np.array([p[key]["pearson_ci"] for p in pl])
+        ax.plot(layers, [p[key]["pearson"] for p in pl], color=color, label=f"{key} (token 0 excluded)")
+        ax.fill_between(layers, ci[:, 0], ci[:, 1], color=color, alpha=0.2)
+        ax.plot(layers, [p[key]["pearson_with_token0"] for p in pl], color=color, ls=":",
+                label=f"{key} (token 0 included)")
+        ax.plot(layers, [p[key]["spearman_with_token0"] for p in pl], color=color, ls="-.", lw=0.8,
+                label=f"{key} Spearman (token 0 included)")
         sig = [p["layer"] for p in pl if p[key]["significant"]]
-        axes[0, 0].scatter(sig, [pl[s][key]["pearson"] for s in sig], color=color, marker="*", s=50)
-    axes[0, 0].set(title="r(PL_x, PL_hidden) per layer; * FDR-significant", xlabel="layer")
-    axes[0, 0].legend(fontsize=6)
-    m = np.array([p["cos_mean"] for p in pl])
-    s = np.array([p["cos_std"] for p in pl])
-    axes[0, 1].plot(layers, m)
-    axes[0, 1].fill_between(layers, m - s, m + s, alpha=0.3)
-    axes[0, 1].set(title="cos(attention adj., MLP adj.): mean +- std", xlabel="layer")
-    axes[0, 2].hist(a["cos"].ravel(), bins=np.linspace(-1, 1, 101))
-    axes[0, 2].set(title="all cosines", xlabel="cosine")
-    files.append((save(fig, folder, "correlations", svg=True), "Correlations per layer and adjustment cosines"))
+        ax.scatter(sig, [pl[s][key]["pearson"] for s in sig], color=color, marker="*", s=50)
+        if base is not None:
+            ax.plot(layers, [p[key]["pearson"] for p in base.results["per_layer"]], color="grey", ls="--",
+                    marker="o" if key == "mlp" else "x", ms=3, label=f"{key}: random-init")
+    ax.set(title="r(PL_x, PL_hidden); band: 95% bootstrap CI; * FDR-significant", xlabel="layer")
+    ax.legend(fontsize=6)
+    ax = axes[0, 1]
+    null = r["random_direction_abs_cos"]
+    ci = np.array([p["mean_abs_cos_ci"] for p in pl])
+    ax.plot(layers, [p["mean_abs_cos"] for p in pl], label="mean |cos| (tokens 1..)")
+    ax.fill_between(layers, ci[:, 0], ci[:, 1], alpha=0.3)
+    ax.plot(layers, [p["cos_mean"] for p in pl], color="tab:green", lw=0.8, label="mean signed cos (all tokens)")
+    ax.axhspan(null["mean"] - 2 * null["sd"], null["mean"] + 2 * null["sd"], color="k", alpha=0.1,
+               label="random directions: one pair's |cos|, mean +- 2 sd")
+    ax.axhline(null["q99"], color="k", ls=":", lw=0.8, label="random directions: 99th pct")
+    if base is not None:
+        ax.plot(layers, [p["mean_abs_cos"] for p in base.results["per_layer"]], color="grey", ls="--",
+                label="random-init")
+    ax.axhline(0, color="k", lw=0.4)
+    ax.set(title="cos(attention adj., MLP adj.)", xlabel="layer")
+    ax.legend(fontsize=6)
+    ax = axes[0, 2]
+    ci = np.array([p["step_without_token0_ci"] for p in pl])
+    ax.plot(layers, [p["step_without_token0"] for p in pl], label="mean hidden step (tokens 1..)")
+    ax.fill_between(layers, ci[:, 0], ci[:, 1], alpha=0.3)
+    if base is not None:
+        ax.plot(layers, [p["step_without_token0"] for p in base.results["per_layer"]], color="grey", ls="--",
+                label="random-init")
+    ax.set(title="hidden step per block; band: 95% bootstrap CI", xlabel="layer", yscale="log")
+    ax.legend(fontsize=6)
+    files.append((save(fig, folder, "correlations", svg=True), "Correlations, adjustment cosines and step sizes per "
+                  "layer, with bootstrap CIs, the random-direction null and the random-init copy (grey dashed)"))
 
     fig, axes = new_figure(1, 3, size=(15, 3.8))
     for ax, key in zip(axes[0], ("cum_attn", "cum_mlp", "cum_hidden")):
-        ax.plot(a[key], color="grey", alpha=0.3, lw=0.6)
-        ax.plot(a[key][:, 0], color="crimson", lw=1.5, label="token 0")
+        depth = np.arange(a[key].shape[0])
+        lines = LineCollection([np.column_stack([depth, col]) for col in a[key].T], colors="grey", alpha=0.3,
+                               linewidths=0.6)  # one artist for all tokens: hundreds of Line2D are slow to draw
+        ax.add_collection(lines)
+        ax.plot(depth, a[key][:, 0], color="crimson", lw=1.5, label="token 0")
+        ax.autoscale_view()
         ax.set(title=f"cumulative {key[4:]} path length", xlabel="layer")
         ax.legend(fontsize=7)
     files.append((save(fig, folder, "cumulative"), "Cumulative path lengths along depth (one line per token)"))

@@ -4,6 +4,12 @@ Protocol (STUDIES.md section 2): windows of 20 tokens + a mark + 10 tokens from 
 internal, period not next to a digit = terminal), the hidden state of the mark at every layer (embeddings +
 every block), all pairwise MI (trim |z| > 5) and covariances (ddof=1), plus correlation; how they relate
 layer by layer, and whether covariance shows clusters that MI does not.
+
+Nulls (issue 11): the histogram-MI bias of the very vectors (dimension-permuted copies of a seeded subset,
+:func:`lamina.stats.mutual_information_bias`) beside every MI and subtracted from it; a bootstrap over the marks
+(within each type, pairs of two different draws) for every per-layer mean; trend tests for "declines" and
+"merge"; and for "clusters", the best k-means silhouette of a Gaussian sample of the same size (1-D k-means
+finds "clusters" in any sample: see :mod:`lamina.studies._clusters_1d`).
 """
 
 from __future__ import annotations
@@ -14,11 +20,18 @@ import numpy as np
 
 from ..capture import capture, residual_sites, select
 from ..errors import LaminaError
-from ..stats import correlate, correlation_matrix, covariance_matrix, pairwise_mutual_information
-from .base import Claim, StudyOutput, register, scaled_layer
+from ..stats import (correlate, correlation_matrix, covariance_matrix, mutual_information_bias,
+                     pairwise_mutual_information)
+from ._clusters_1d import best_silhouette, gaussian_reference
+from ._pair_resampling import bootstrap_indices, pair_means, percentile_ci
+from .base import StudyOutput, register, scaled_layer
+from .punctuation_claims import BAND, claims, within  # noqa: F401 - the framework reads `claims`
 from .texts import corpus_text
 
 GROUPS = ("internal", "terminal", "mixed")
+
+#: Gaussian reference samples for the silhouette null (39 draws: the smallest p is 1/40 < 0.05).
+N_REFERENCE = 39
 
 
 @dataclass(frozen=True)
@@ -34,7 +47,11 @@ class PunctuationConfig:
         bins, trim_z: MI settings (trim |z| > 5 in this protocol).
         deep_layer: the deep layer drawn beside layer 1 (None: layer 16 of 24 scaled to the model).
         plot_points: pairs per group and layer kept for the scatter plots (plotting only).
-        seed: sampling seed.
+        seed: sampling seed (windows, bias subset and permutations, bootstrap, silhouette subsamples).
+        alpha: significance level of the claims' tests.
+        n_bias_vectors: marks per type whose dimension-permuted copies give the MI bias baseline.
+        n_bias_draws: permutations per vector for the bias baseline.
+        n_bootstrap: resamples of the marks for the bootstrap CIs.
     """
 
     n_per_type: int = 250
@@ -47,12 +64,34 @@ class PunctuationConfig:
     deep_layer: int | None = None
     plot_points: int = 400
     seed: int = 0
+    alpha: float = 0.05
+    n_bias_vectors: int = 24
+    n_bias_draws: int = 3
+    n_bootstrap: int = 400
 
     def __post_init__(self):
-        if self.n_per_type < 3 or self.before < 1 or self.after < 0 or self.skip_tokens < 0:
-            raise LaminaError("n_per_type must be >= 3, before >= 1, after >= 0 and skip_tokens >= 0")
-        if self.terminal_rule not in ("not-digit", "sentence"):
-            raise LaminaError(f"terminal_rule must be not-digit or sentence (got {self.terminal_rule!r})")
+        from . import _checks as check
+
+        check.at_least("n_per_type", self.n_per_type, 3)
+        check.at_least("before", self.before, 1)
+        check.at_least("after", self.after, 0)
+        check.at_least("skip_tokens", self.skip_tokens, 0)
+        check.choice("terminal_rule", self.terminal_rule, ("not-digit", "sentence"))
+        check.bins("bins", self.bins)
+        check.trim_z("trim_z", self.trim_z)
+        check.layer("deep_layer", self.deep_layer)
+        check.at_least("plot_points", self.plot_points, 1)
+        check.seed("seed", self.seed)
+        check.between("alpha", self.alpha, 0, 1)
+        check.at_least("n_bias_vectors", self.n_bias_vectors, 3)
+        check.at_least("n_bias_draws", self.n_bias_draws, 2)
+        check.at_least("n_bootstrap", self.n_bootstrap, 100)  # a 95% percentile CI needs ~100 resamples
+
+    def check_model(self, model) -> None:
+        """Settings whose range depends on the model (the runner calls this after loading, before computing)."""
+        from . import _checks as check
+
+        check.layer_of("deep_layer", self.deep_layer, model.n_layers + 1, model.name, "hidden states")
 
 
 def find_windows(model, text: str, config: PunctuationConfig) -> dict[str, list[list[int]]]:
@@ -87,27 +126,26 @@ def find_windows(model, text: str, config: PunctuationConfig) -> dict[str, list[
     return windows
 
 
-def _silhouette(values: np.ndarray, rng) -> tuple[float, int]:
-    """Best silhouette of k-means with k = 2..4 on standardised 1-D values (subsampled to 1500)."""
-    from sklearn.cluster import KMeans
-    from sklearn.metrics import silhouette_score
-
-    v = values if values.size <= 1500 else rng.choice(values, 1500, replace=False)
-    if np.ptp(v) == 0:
-        return 0.0, 1
-    z = ((v - v.mean()) / v.std()).reshape(-1, 1)
-    import warnings
-
-    from sklearn.exceptions import ConvergenceWarning
-
-    best = (-1.0, 1)
-    for k in (2, 3, 4):
-        with warnings.catch_warnings():  # fewer distinct values than k (e.g. layer 0) is expected here
-            warnings.simplefilter("ignore", ConvergenceWarning)
-            labels = KMeans(k, n_init=4, random_state=0).fit_predict(z)
-        if len(set(labels)) > 1:
-            best = max(best, (float(silhouette_score(z, labels)), k))
-    return best
+def _bias_by_group(hidden, config, n_bins, rng) -> dict:
+    """Per-layer MI bias of dimension-permuted copies of a seeded subset of marks: mean and pair sd per group,
+    and a bootstrap of the within-type mean over the subset (``"within_boot"``, shape (L + 1, B))."""
+    n = hidden.shape[1] // 2
+    m = min(config.n_bias_vectors, n)
+    subset = np.r_[np.sort(rng.choice(n, m, replace=False)), n + np.sort(rng.choice(n, m, replace=False))]
+    bias = mutual_information_bias(hidden[:, subset], bins=n_bins, trim_z=config.trim_z,
+                                   n_draws=config.n_bias_draws, seed=config.seed)
+    lab = np.r_[np.zeros(m, int), np.ones(m, int)]
+    iu = np.triu_indices(2 * m, 1)
+    li, lj = lab[iu[0]], lab[iu[1]]
+    masks = {"internal": (li == 0) & (lj == 0), "terminal": (li == 1) & (lj == 1), "mixed": li != lj}
+    mean, sd = bias.mean[:, iu[0], iu[1]], bias.sd[:, iu[0], iu[1]]
+    out = {g: {"mean": mean[:, k].mean(axis=1),  # sd over draws and pairs: the spread of one pair's bias
+               "sd": np.sqrt((sd[:, k] ** 2).mean(axis=1) + mean[:, k].var(axis=1))} for g, k in masks.items()}
+    # The within-type bias mean over resampled subset marks: how well the subset pins down the bias.
+    idx = bootstrap_indices(m, config.n_bootstrap, config.seed + 1)  # independent of the marks' resamples
+    out["within_boot"] = np.mean([pair_means(bias.mean[:, s, s], idx) for s in (slice(0, m), slice(m, 2 * m))],
+                                 axis=0)  # (L + 1, B)
+    return out
 
 
 @register("punctuation-clusters", "Commas vs periods through every layer: MI vs covariance vs correlation",
@@ -118,7 +156,25 @@ def compute(model, config: PunctuationConfig, inputs) -> StudyOutput:
     texts = windows["internal"] + windows["terminal"]
     acts = capture(model, texts, residual_sites(model), positions=select.index(config.before), cache=True)
     hidden = acts.residual_stream().double().numpy()  # (L+1, 2n, d)
-    n = config.n_per_type
+    mark_tokens = {k: len({w[config.before] for w in windows[k]}) for k in windows}
+    results, arrays = analyse(hidden, config, mark_tokens)
+    return StudyOutput({"corpus": source, **results}, [], resolved={"bins": results["bins"],
+                                                                    "deep_layer": results["deep_layer"]},
+                       arrays=arrays)
+
+
+def analyse(hidden: np.ndarray, config: PunctuationConfig, mark_tokens: dict[str, int]) -> tuple[dict, dict]:
+    """Everything punctuation-clusters computes from the marks' hidden states (tests call it on synthetic data).
+
+    Args:
+        hidden: (L + 1, 2n, d) hidden states: n internal marks, then n terminal marks.
+        config: the study's settings (``n_per_type`` is taken from ``hidden``).
+        mark_tokens: distinct token ids among the marks of each type (``{"internal": k, "terminal": k}``).
+
+    Returns:
+        (results, arrays) of the StudyOutput (results without the corpus field).
+    """
+    n = hidden.shape[1] // 2
     labels = np.r_[np.zeros(n, int), np.ones(n, int)]
     mi, n_bins = pairwise_mutual_information(hidden, bins=config.bins, trim_z=config.trim_z, return_bins=True)
     cov = covariance_matrix(hidden)
@@ -131,6 +187,12 @@ def compute(model, config: PunctuationConfig, inputs) -> StudyOutput:
     if not 0 <= deep < n_layers:
         raise LaminaError(f"deep_layer must be in 0..{n_layers - 1}")
     rng = np.random.default_rng(config.seed)
+    bias = _bias_by_group(hidden, config, n_bins, rng)
+    idx = bootstrap_indices(n, config.n_bootstrap, config.seed)  # the same resamples within each type
+    within = (slice(0, n), slice(n, 2 * n))
+    boot = {name: np.mean([pair_means(M[:, s, s], idx) for s in within], axis=0)  # (L+1, B): mean of both types
+            for name, M in (("mi", mi), ("cov", cov), ("corr", corr))}
+    boot["mi"] = boot["mi"] - bias["within_boot"]  # bias-corrected; both the marks and the bias subset resampled
     per_layer = []
     plot_cov = np.zeros((n_layers, 3, config.plot_points))
     plot_mi = np.zeros_like(plot_cov)
@@ -141,57 +203,34 @@ def compute(model, config: PunctuationConfig, inputs) -> StudyOutput:
         row = {"layer": layer}
         for g_i, (g, mask) in enumerate(group_of.items()):
             row[g] = {"mean_mi": float(m_vals[mask].mean()), "mean_cov": float(c_vals[mask].mean()),
-                      "mean_corr": float(r_vals[mask].mean())}
+                      "mean_corr": float(r_vals[mask].mean()), "bias_mean": float(bias[g]["mean"][layer]),
+                      "bias_sd": float(bias[g]["sd"][layer])}
+            row[g]["mean_mi_corrected"] = row[g]["mean_mi"] - row[g]["bias_mean"]
             k = len(picks[g])
             plot_cov[layer, g_i, :k] = c_vals[picks[g]]
             plot_mi[layer, g_i, :k] = m_vals[picks[g]]
+        row["mi_corrected_ci"] = list(percentile_ci(boot["mi"][layer]))
         row["r_mi_cov"] = correlate(m_vals, c_vals).r
         internal = group_of["internal"]
-        row["cov_silhouette"], row["cov_k"] = _silhouette(c_vals[internal], rng)
-        row["mi_silhouette"], row["mi_k"] = _silhouette(m_vals[internal], rng)
+        row["cov_silhouette"], row["cov_k"] = best_silhouette(c_vals[internal], rng)
+        row["mi_silhouette"], row["mi_k"] = best_silhouette(m_vals[internal], rng)
         row["distinct_vectors"] = {kind: int(len(np.unique(np.round(hidden[layer][labels == t], 6), axis=0)))
                                    for t, kind in enumerate(("internal", "terminal"))}
         per_layer.append(row)
-    results = {"corpus": source, "n_internal": n, "n_terminal": n, "bins": n_bins, "deep_layer": deep,
-               "n_hidden_layers": n_layers, "per_layer": per_layer}
-    arrays = {"plot_cov": plot_cov, "plot_mi": plot_mi, "plot_counts": np.array([len(picks[g]) for g in GROUPS])}
+    reference = gaussian_reference(int(internal.sum()), N_REFERENCE, config.seed)
+    results = {"n_internal": n, "n_terminal": n, "bins": n_bins, "deep_layer": deep,
+               "n_hidden_layers": n_layers, "per_layer": per_layer,
+               "distinct_mark_tokens": dict(mark_tokens),
+               "silhouette_reference": {"what": "best k-means silhouette of Gaussian samples of the same size",
+                                        "values": list(reference)},
+               "n_bias_vectors_per_type": min(config.n_bias_vectors, n), "n_bias_draws": config.n_bias_draws,
+               "n_bootstrap": config.n_bootstrap}
+    arrays = {"plot_cov": plot_cov, "plot_mi": plot_mi, "plot_counts": np.array([len(picks[g]) for g in GROUPS]),
+              "boot_mi": boot["mi"], "boot_cov": boot["cov"], "boot_corr": boot["corr"]}
     for name, layer in (("layer1", min(1, n_layers - 1)), ("deep", deep)):
         arrays[f"mi_{name}"] = mi[layer].astype(np.float32)
         arrays[f"cov_{name}"] = cov[layer].astype(np.float32)
-    return StudyOutput(results, _claims(per_layer), resolved={"bins": n_bins, "deep_layer": deep}, arrays=arrays)
-
-
-def _claims(pl: list[dict]) -> list[dict]:
-    last = len(pl) - 1
-    mean = lambda key, g="internal": np.array([p[g][key] for p in pl])  # noqa: E731
-    mi_all = (mean("mean_mi") + mean("mean_mi", "terminal")) / 2
-    cov_all = (mean("mean_cov") + mean("mean_cov", "terminal")) / 2
-    corr_all = (mean("mean_corr") + mean("mean_corr", "terminal")) / 2
-    cov_growth = float(np.max(cov_all[1:]) / cov_all[1]) if len(pl) > 1 and cov_all[1] > 0 else float("nan")
-    corr_growth = float(np.max(np.abs(corr_all[1:])) / abs(corr_all[1])) if len(pl) > 1 and corr_all[1] \
-        else float("nan")
-    mi_trend = correlate(np.arange(1, len(pl)), mi_all[1:], "spearman").r if len(pl) > 3 else float("nan")
-    sil = np.array([p["cov_silhouette"] for p in pl])
-    l1 = pl[min(1, last)]
-    late = sil[len(pl) // 2:].mean()
-    d0 = pl[0]["distinct_vectors"]
-    return [
-        Claim("At layer 0 all vectors of one token are identical: the scatter collapses to a few points",
-              "a few points at layer 0", d0, max(d0.values()) <= 3),
-        Claim("At layer 1 covariance separates internal punctuation into clusters that MI hardly shows",
-              "3 clusters in covariance at layer 1",
-              {"cov_silhouette": l1["cov_silhouette"], "cov_k": l1["cov_k"], "mi_silhouette": l1["mi_silhouette"]},
-              l1["cov_silhouette"] > 0.5 and l1["cov_silhouette"] > l1["mi_silhouette"]),
-        Claim("The covariance clusters blur and merge with depth", "merged around layers 7-9 of 24",
-              {"silhouette_layer1": l1["cov_silhouette"], "silhouette_late_mean": float(late)},
-              l1["cov_silhouette"] > late),
-        Claim("Mean MI slowly declines with depth", "slow decline", {"spearman_mi_vs_layer": mi_trend},
-              None if np.isnan(mi_trend) else mi_trend < 0),
-        Claim("Mean covariance grows tens of times with depth (scale dependence)", ">= 10x",
-              {"max_over_layer1": cov_growth}, None if np.isnan(cov_growth) else cov_growth >= 10),
-        Claim("Correlation removes the growth", "no scale growth", {"max_over_layer1": corr_growth},
-              None if np.isnan(corr_growth + cov_growth) else corr_growth < cov_growth / 5),
-    ]
+    return results, arrays
 
 
 def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
@@ -234,19 +273,37 @@ def figures(output: StudyOutput, folder) -> list[tuple[str, str]]:
     files.append((save(fig, folder, "matrices"), "MI and covariance matrices (internal first, then terminal) "
                   "with their histograms at layer 1 and a deep layer"))
 
-    fig, axes = new_figure(1, 4, size=(17, 3.6))
-    layers = [p["layer"] for p in pl]
+    files.append(_per_layer_figure(output, folder, new_figure, save, colors))
+    return files
+
+
+def _per_layer_figure(output, folder, new_figure, save, colors):
+    r = output.results
+    pl = r["per_layer"]
+    base = output.baseline.results["per_layer"] if output.baseline is not None else None
+    layers = np.array([p["layer"] for p in pl])
+    fig, axes = new_figure(1, 4, size=(18, 3.8))
     for g in GROUPS:
         for ax, key in zip(axes[0], ("mean_mi", "mean_cov", "mean_corr")):
             ax.plot(layers, [p[g][key] for p in pl], color=colors[g], label=g)
-    axes[0, 1].set_yscale("symlog")
-    for ax, title in zip(axes[0], ("mean MI (bits)", "mean covariance (symlog)", "mean correlation")):
-        ax.set(title=title, xlabel="layer")
-    axes[0, 0].legend(fontsize=7)
+    bias, sd = within(pl, "bias_mean"), within(pl, "bias_sd")
+    axes[0, 0].fill_between(layers, bias - BAND * sd, bias + BAND * sd, color="k", alpha=0.15,
+                            label=f"bias: permuted copies, mean ± {BAND:g} sd")
+    sil_ref = np.array(r["silhouette_reference"]["values"])
     axes[0, 3].plot(layers, [p["cov_silhouette"] for p in pl], label="covariance")
     axes[0, 3].plot(layers, [p["mi_silhouette"] for p in pl], label="MI")
-    axes[0, 3].set(title="clusterability (best k-means silhouette)", xlabel="layer")
-    axes[0, 3].legend(fontsize=7)
-    files.append((save(fig, folder, "per_layer", svg=True), "Per-layer means of MI, covariance and correlation, "
-                  "and how clustered the internal-internal values are"))
-    return files
+    axes[0, 3].axhspan(*np.quantile(sil_ref, [0.025, 0.975]), color="k", alpha=0.15,
+                       label="Gaussian reference 95%")
+    if base is not None:
+        for ax, key in zip(axes[0], ("mean_mi", "mean_cov", "mean_corr")):
+            ax.plot(layers, within(base, key), color="grey", ls="--", lw=1, label="random-init (within-type)")
+        axes[0, 3].plot(layers, [p["cov_silhouette"] for p in base], color="grey", ls="--", lw=1,
+                        label="random-init (covariance)")
+    axes[0, 1].set_yscale("symlog")
+    for ax, title in zip(axes[0], ("mean MI (bits) and its bias", "mean covariance (symlog)", "mean correlation",
+                                   "clusterability (best k-means silhouette)")):
+        ax.set(title=title, xlabel="layer")
+        ax.legend(fontsize=6)
+    return (save(fig, folder, "per_layer", svg=True), "Per-layer means of MI (with the estimator's bias band), "
+            "covariance and correlation, and how clustered the internal-internal values are (band: the silhouette "
+            "of Gaussian samples of the same size); grey dashed: the random-init copy")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from pathlib import Path
@@ -13,21 +14,63 @@ __all__ = ["run_study", "run_demo", "StudyInputs", "load_cached"]
 
 _MODELS: dict[tuple, object] = {}
 
+#: What ``--baseline`` accepts.
+BASELINES = ("random-init", "none")
+
 
 class StudyInputs(dict):
     """User-supplied inputs: ``text`` (from --text-file) and ``corpus`` (from --corpus), else None."""
 
 
-def load_cached(spec, device="cpu", dtype=None):
-    """Load a model once per process (studies that compare models reuse it); a loaded Model passes through."""
-    from ..capture import load_model
+#: The user inputs each built-in study reads (``text``: --text-file, ``corpus``: --corpus). A file given to a
+#: study that would ignore it is refused before anything loads (a silently unused file looks like a result on
+#: the user's text). tests/test_cli_faults.py checks this table against the studies' sources.
+READS: dict[str, tuple[str, ...]] = {
+    "coffee-mi": ("text",),
+    "effective-dim": ("text", "corpus"),
+    "logit-lens": ("text",),
+    "mi-layers": ("text",),
+    "mi-theory": (),
+    "path-length": ("text",),
+    "punctuation-clusters": ("corpus",),
+    "qkv-layers": ("text",),
+    "qkv-similarity": ("text",),
+    "rsa-categories": ("text",),
+    "token-length": ("corpus",),
+}
 
-    if not isinstance(spec, (str, Path)):
+
+def load_cached(spec, device="cpu", dtype=None):
+    """Load a model, reusing the last one loaded if it is the same; a loaded Model passes through.
+
+    One model is resident at a time: loading another first drops the previous one (and its random-init
+    baseline) and frees its memory, so ``--model A --model B --model C`` never holds two sets of weights.
+    """
+    from ..capture import Model, load_model
+
+    if isinstance(spec, (Model, NoModel)):
         return spec  # an already loaded Model
+    if not isinstance(spec, (str, Path)):
+        raise LaminaError(f"model must be a name, a path or a loaded lamina Model, not {type(spec).__name__}; "
+                          "e.g. model='default' or model=lamina.load_model(...)")
     key = (str(spec), str(device), str(dtype))
     if key not in _MODELS:
+        _MODELS.clear()
+        globals().get("_BASELINES", {}).clear()
+        _free_memory()
         _MODELS[key] = load_model(spec, device=device, dtype=dtype)
     return _MODELS[key]
+
+
+def _free_memory() -> None:
+    """Collect dropped models now (HF modules hold reference cycles) and return cached GPU blocks."""
+    import gc
+    import sys
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.empty_cache()
 
 
 class NoModel:
@@ -41,16 +84,27 @@ class NoModel:
         return {"name": "synthetic data (no model)", "n_layers": None}
 
 
-def _read(path) -> str | None:
-    if path is None:
-        return None
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise LaminaError(f"cannot read {path}: {exc.strerror}") from None
-    if not text.strip():
-        raise LaminaError(f"{path} is empty; pass a file with some text")
-    return text
+def _read(path, option: str = "--text-file") -> str | None:
+    """A user's text file (UTF-8, not empty), or None when none was given."""
+    from .._preflight import read_text_file
+
+    return None if path is None else read_text_file(path, option)
+
+
+def read_inputs(name: str, text_file=None, corpus=None) -> StudyInputs:
+    """The user's files for study ``name``, checked (read by the study, UTF-8 text, not empty) and read.
+
+    Cheap (no model, no torch import): the CLI calls it first so a wrong file costs well under a second.
+    """
+    reads = READS.get(name, ("text", "corpus"))  # a study registered outside lamina: it decides itself
+    for given, key, option in ((text_file, "text", "--text-file"), (corpus, "corpus", "--corpus")):
+        if given is not None and key not in reads:
+            other = {"text": "--text-file", "corpus": "--corpus"}
+            uses = " or ".join(other[k] for k in reads)
+            raise LaminaError(f"study {name!r} does not read {option}; "
+                              + (f"pass your file as {uses}" if uses else "drop it (this study uses no text)"))
+    return StudyInputs(text=_read(text_file, "--text-file"), corpus=_read(corpus, "--corpus"),
+                       text_file=text_file, corpus_file=corpus)
 
 
 def _slug(name: str) -> str:
@@ -58,7 +112,7 @@ def _slug(name: str) -> str:
 
 
 def run_study(name: str, *, model="default", out=None, text_file=None, corpus=None, overrides=None,
-              device="cpu", dtype=None, reports_root: str | Path = "reports") -> Path:
+              device="cpu", dtype=None, reports_root: str | Path = "reports", baseline: str = "random-init") -> Path:
     """Run one study and write its report folder.
 
     Args:
@@ -68,33 +122,121 @@ def run_study(name: str, *, model="default", out=None, text_file=None, corpus=No
         text_file, corpus: the user's own text / corpus file.
         overrides: config field -> value (strings are parsed by the field's type).
         device, dtype: where and how to load the model.
+        baseline: ``"random-init"`` also runs the study on the seeded random-init copy of the model (the
+            architecture's null model: its values sit beside each claim and in the per-layer figures);
+            ``"none"`` skips it (the report says so).
 
     Returns:
         The output folder (with results.json, provenance.json, figures and report.html).
     """
-    from ..report.html import write_index, write_report
+    from ..report.html import write_index
+
+    if baseline not in BASELINES:
+        raise LaminaError(f"--baseline {baseline!r} is not valid; choose one of: {', '.join(BASELINES)}")
+    from .._preflight import check_output_folder, check_writable
 
     study = get_study(name)
+    # Everything the user passed is checked before the model loads: a mistake costs a second, not a load.
     config = parse_overrides(study.config_cls, overrides)
+    inputs = read_inputs(name, text_file, corpus)
+    if out is not None:
+        check_output_folder(out, "--out", legacy=legacy_report_files)
+    else:
+        check_writable(reports_root, "reports folder")
     loaded = NoModel() if study.needs == "none" else load_cached(model, device, dtype)
     if study.needs == "masked" and not loaded.is_masked_lm:
         raise LaminaError(f"study {name!r} needs a masked LM (BERT); {loaded.name} is a causal LM")
     if study.needs == "causal" and loaded.is_masked_lm:
         raise LaminaError(f"study {name!r} needs a causal LM; {loaded.name} is a masked LM")
-    folder = Path(out) if out else Path(reports_root) / name / _slug(loaded.name)
-    inputs = StudyInputs(text=_read(text_file), corpus=_read(corpus), text_file=text_file, corpus_file=corpus)
+    if study.needs != "none" and hasattr(config, "check_model"):
+        config.check_model(loaded)  # settings whose range depends on the model (layer, top_k): before compute
+    folder = Path(out) if out is not None else Path(reports_root) / name / _slug(loaded.name)
+    if out is None:
+        check_output_folder(folder, "report folder", legacy=legacy_report_files)
+    check = None if study.needs == "none" else model_check(loaded)
     started = time.perf_counter()
     output = study.compute(loaded, config, inputs)
-    doc = write_results(folder, study, loaded, config, output)
-    figures = study.figures(output, folder)
-    write_report(folder, doc, figures, seconds=time.perf_counter() - started)
+    seconds = {"study": time.perf_counter() - started}
+    baseline_model, note = None, None
+    if baseline == "none":
+        note = "skipped: --baseline none"
+    elif study.needs == "none":
+        note = "not applicable: this study uses no model"
+    else:
+        mark = time.perf_counter()
+        baseline_model = random_baseline(loaded)
+        output.baseline = study.compute(baseline_model, config, inputs)
+        seconds["baseline"] = time.perf_counter() - mark
+    claims = study.decide_claims(output, config, output.baseline)
+    _write_folder(folder, study, loaded, config, output, claims, baseline_model, note, seconds, check)
     root = Path(reports_root)
     if folder.resolve().is_relative_to(root.resolve()):
         write_index(root)
     return folder
 
 
-def run_demo(model="default", root: Path = Path("reports"), device="cpu", only=None) -> Path:
+def model_check(model) -> dict:
+    """``lamina check`` for ``model``, run the first time a model is used and remembered per model hash; a
+    failed check is reported in one line and recorded in the run's provenance (the run goes on)."""
+    import sys
+
+    from ..capture.check import ensure_checked
+
+    outcome = ensure_checked(model)
+    if not outcome.get("passed"):
+        print(f"warning: {model.name} fails `lamina check` (see provenance.json); its captures may be inexact",
+              file=sys.stderr)
+    return outcome
+
+
+def _write_folder(folder: Path, study, loaded, config, output, claims, baseline_model, note, seconds,
+                  check=None) -> None:
+    """Results, figures and report written into a fresh temporary sibling, swapped in whole when complete: the
+    folder always holds one run's complete report (this one, or the previous one after a Ctrl-C)."""
+    from .._io import atomic_dir
+    from ..report.html import write_report
+
+    with atomic_dir(folder, exists="replace", legacy=legacy_report_files) as tmp:
+        doc = write_results(tmp, study, loaded, config, output, claims, baseline_model=baseline_model,
+                            baseline_note=note, check=check)
+        figures = study.figures(output, tmp)
+        write_report(tmp, doc, figures, seconds=seconds)
+
+
+def legacy_report_files(folder: Path) -> set[str] | None:
+    """The files of a report folder written before lamina kept manifests (results.json names a lamina study):
+    results, provenance, arrays, report and the figures the report links; None for any other folder."""
+    try:
+        doc = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(doc, dict) or "lamina_version" not in doc or "study" not in doc:
+        return None
+    files = {f for f in ("results.json", "provenance.json", "arrays.npz", "report.html") if (folder / f).is_file()}
+    try:
+        page = (folder / "report.html").read_text(encoding="utf-8")
+    except OSError:
+        page = ""
+    linked = re.findall(r"<a href='([^'/]+\.(?:png|svg))'>", page)
+    return files | {f for f in linked if (folder / f).is_file()}
+
+
+_BASELINES: dict[int, object] = {}
+
+
+def random_baseline(model):
+    """The seeded random-init copy of ``model`` (seed 0), built once per loaded model and process."""
+    from ..capture import random_init_copy
+
+    key = id(model)
+    if key not in _BASELINES:
+        _BASELINES.clear()  # one baseline resident at a time
+        _BASELINES[key] = (model, random_init_copy(model, seed=0))  # keep `model` alive so its id stays unique
+    return _BASELINES[key][1]
+
+
+def run_demo(model="default", root: Path = Path("reports"), device="cpu", only=None,
+             baseline: str = "random-init") -> Path:
     """Run every demo study on one model; returns ``reports/index.html``."""
     from ..report.html import write_index
     from . import _load_all
@@ -111,6 +253,7 @@ def run_demo(model="default", root: Path = Path("reports"), device="cpu", only=N
             print(f"skip {name}: needs a causal LM")
             continue
         started = time.perf_counter()
-        folder = run_study(name, model=NoModel() if study.needs == "none" else loaded, reports_root=root)
+        folder = run_study(name, model=NoModel() if study.needs == "none" else loaded, reports_root=root,
+                           baseline=baseline)
         print(f"{name}: {time.perf_counter() - started:.1f} s -> {folder / 'report.html'}")
     return write_index(root)
