@@ -55,6 +55,11 @@ def main() -> None:
     ap.add_argument("--shape", default="gpt-neo-1.3b", choices=["gpt-neo-1.3b", "gpt-neo-125m"])
     ap.add_argument("--tokens", type=int, default=8192)
     ap.add_argument("--seq", type=int, default=512)
+    ap.add_argument("--batch-windows", type=int, default=None,
+                    help="windows per forward pass (default: lamina's ~4096-token budget)")
+    ap.add_argument("--keep-rows", type=int, default=8192,
+                    help="rows kept at the histogram block: a seeded subset when the corpus has more (bounded "
+                         "memory at any corpus size)")
     args = ap.parse_args()
     os.environ["LAMINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="lamina-bench-")  # the store goes here
 
@@ -80,7 +85,7 @@ def main() -> None:
     block = round(4 * L / 12)
 
     runner = model.module(model.adapter.base)
-    batches = _batches([len(w) for w in windows], None)
+    batches = _batches([len(w) for w in windows], args.batch_windows)
     with torch.no_grad():
         _forward(model, runner, torch.tensor([windows[0][:16]]), torch.ones(1, 16, dtype=torch.long))  # warm-up
         gc.collect()
@@ -91,27 +96,31 @@ def main() -> None:
     print(f"plain forward, same {len(batches)} batches:            {plain}; RSS {gb(rss_plain.start)} -> peak "
           f"{gb(rss_plain.peak)} = weights + {gb(rss_plain.peak - weights)}")
 
+    keep = None if flat.size <= args.keep_rows else \
+        np.sort(np.random.default_rng(0).choice(flat.size, args.keep_rows, replace=False))
     reduce = {f"blocks.{l}.mlp.hook_pre": [Moments(np.stack([lengths, log_freq], axis=1))]
-              + ([KeepRows()] if l == block else []) for l in range(L)}
+              + ([KeepRows(where=keep)] if l == block else []) for l in range(L)}
     gc.collect()
     with PeakRSS() as rss, Clock() as cap:
-        red = capture_reduced(model, windows, reduce, add_special_tokens=False, store=True)
+        red = capture_reduced(model, windows, reduce, add_special_tokens=False, store=True,
+                              batch_size=args.batch_windows)
     with PeakRSS() as rss_stats, Clock() as stats:
         edges = np.linspace(-0.8, 0.8, 81)
         for l in range(L):
             mom = red[f"blocks.{l}.mlp.hook_pre"][0]
             r, partial = mom.correlations().numpy(), mom.partial_correlations().numpy()
             fixed_histogram(r[0], edges), fixed_histogram(partial[0], edges), mom.pooled()
-        values = red[f"blocks.{block}.mlp.hook_pre"][1].rows().double().numpy()
+        kept = red[f"blocks.{block}.mlp.hook_pre"][1]
+        values = kept.rows().double().numpy()
         lo, hi = np.percentile(values, [0.5, 99.5])
-        median = np.median(lengths)
-        for group in (lengths < median, lengths == median, lengths > median):
+        median, kept_lengths = np.median(lengths), lengths[kept.index]
+        for group in (kept_lengths < median, kept_lengths == median, kept_lengths > median):
             fixed_histogram(values[group].ravel(), np.linspace(lo, hi, 121), density=True)
         del values
     own = cap.wall - plain.wall + stats.wall
     own_cpu = cap.cpu - plain.cpu + stats.cpu
     written = red.provenance["bytes_written"]
-    print(f"capture_reduced (Moments x {L} + KeepRows x 1, store): {cap}")
+    print(f"capture_reduced (Moments x {L} + KeepRows x 1 of {len(kept.index)} rows, store): {cap}")
     print(f"statistics from the states (r, partial r, histograms): {stats}")
     print(f"lamina's own time: {own:.1f} s = {own / plain.wall:.1%} of the forward "
           f"(cpu: {own_cpu:.1f} s = {own_cpu / plain.cpu:.1%})")

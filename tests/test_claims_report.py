@@ -143,3 +143,17 @@ def test_interrupted_rerun_keeps_the_previous_report_whole(tmp_path, toy_study, 
     assert json.loads((folder / "results.json").read_text())["config"]["effect"] == 0.0
     modes = {p.name: p.stat().st_mode & 0o777 for p in folder.iterdir()}
     assert len(set(modes.values())) == 1, modes  # report files and figures get the same permissions
+
+
+def test_a_real_study_records_its_check_baseline_and_claims(tmp_path, tiny_models, cache_dir):
+    """qkv-layers on a tiny Llama: the model's `lamina check` outcome lands in provenance.json, the random-init
+    baseline's results in results.json, and every claim carries the baseline's verdict beside its own."""
+    folder = runner.run_study("qkv-layers", model=tiny_models["llama"], reports_root=tmp_path)
+    doc = json.loads((folder / "results.json").read_text())
+    provenance = json.loads((folder / "provenance.json").read_text())
+    assert provenance["check"]["passed"] is True
+    assert provenance["baseline_model"]["source"] == "random-init"
+    assert "results" in doc["baseline"] and doc["baseline"]["model"]["name"].endswith("random-init")
+    assert doc["claims"] and all(c["baseline"]["verdict"] in VERDICTS for c in doc["claims"])
+    assert sum(doc["verdicts"][v] for v in VERDICTS) + doc["verdicts"]["by construction"] >= len(doc["claims"])
+    assert "random-init baseline" in (folder / "report.html").read_text()

@@ -325,11 +325,12 @@ class Covariance(Reducer):
             raise LaminaError(f"a covariance needs at least 2 rows (got {self.n})")
         s = self.s.value()
         width = s.numel()
-        full = torch.zeros(width * width, dtype=torch.float64, device=s.device)
-        full[self._tri(width, s.device)] = self.s2.value()
-        full = full.view(width, width)
-        full = full + full.triu(1).T
-        return full - torch.outer(s, s) / self.n
+        tri = self._tri(width, s.device)
+        full = torch.empty(width * width, dtype=torch.float64, device=s.device)
+        packed = self.s2.value()
+        full[tri] = packed  # upper triangle, then the same values mirrored: no full-size temporaries
+        full[(tri % width) * width + tri // width] = packed
+        return full.view(width, width).addr_(s, s, alpha=-1.0 / self.n)
 
     def mean(self) -> torch.Tensor:
         return self.shift.double().to(self.s.value().device) + self.s.value() / self.n

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import importlib
 
-from .base import REGISTRY, Claim, Study, StudyOutput, get_study, register
+from .base import REGISTRY, Study, StudyOutput, get_study, register
+from .claims import VERDICTS, Claim, decide
 from .runner import run_demo, run_study
 
-__all__ = ["REGISTRY", "Claim", "Study", "StudyOutput", "get_study", "register", "run_demo", "run_study"]
+__all__ = ["REGISTRY", "VERDICTS", "Claim", "Study", "StudyOutput", "decide", "get_study", "register", "run_demo",
+           "run_study"]
 
 _MODULES = (
     "coffee_mi",

@@ -27,21 +27,7 @@ from .._io import atomic_write_text, json_dumps
 from .._version import __version__
 from ..errors import LaminaError
 
-__all__ = ["Study", "StudyOutput", "Claim", "REGISTRY", "register", "get_study", "parse_overrides",
-           "scaled_layer"]
-
-
-def Claim(claim: str, expected: str, measured, holds: bool | None, *,  # noqa: N802 - a record maker
-          source: str = "write-up") -> dict:
-    """One finding: what was claimed, what this run measured, and whether it holds.
-
-    ``source`` says whose claim it is: ``"write-up"`` (the published study) or ``"lamina"`` (a check or an
-    expectation lamina adds where the write-up states no result, e.g. a null model or an exact identity).
-    """
-    if source not in ("write-up", "lamina"):
-        raise ValueError(f"source must be 'write-up' or 'lamina' (got {source!r})")
-    return {"claim": claim, "source": source, "expected": expected, "measured": measured,
-            "holds": None if holds is None else bool(holds)}
+__all__ = ["Study", "StudyOutput", "REGISTRY", "register", "get_study", "parse_overrides", "scaled_layer"]
 
 
 @dataclass
