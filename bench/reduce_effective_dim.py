@@ -88,7 +88,8 @@ def main() -> None:
           f"(cpu: {own_cpu:.1f} s = {own_cpu / plain.cpu:.1%})")
     peak = max(rss.peak, rss_stats.peak)
     print(f"RSS before the capture {gb(rss.start)}; peak during capture + spectra {gb(peak)} = weights + "
-          f"{gb(peak - weights)} (+{gb(peak - rss.start)} over the start)")
+          f"{gb(peak - weights)} (+{gb(peak - rss.start)} over the start; capture peak +{gb(rss.peak - rss.start)}, "
+          f"spectra peak +{gb(rss_stats.peak - rss.start)})")
     if not args.no_store:
         print(f"store: {gb(red.provenance['bytes_written'])} written")
     print(f"process peak RSS (ru_maxrss): {gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")

@@ -94,6 +94,9 @@ def test_chunked_updates_match_numpy(monkeypatch):
     np.testing.assert_allclose(mom.variance().numpy(), A.var(0, ddof=1), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(mom.correlations().numpy(), correlate_columns(C.T, A), rtol=1e-9, atol=1e-11)
     np.testing.assert_allclose(cov.covariance().numpy(), np.cov(A, rowvar=False), rtol=RTOL, atol=ATOL)
+    wide = rng.normal(size=(300, 600)).astype(np.float32)  # > 256 features: the matrix is rebuilt in blocks
+    got = _reduce_once(Covariance(), wide, [300]).correlation().numpy()
+    np.testing.assert_allclose(got, np.corrcoef(wide.astype(np.float64), rowvar=False), rtol=1e-9, atol=1e-12)
 
 
 def test_partial_correlation_with_three_covariates_matches_regression():

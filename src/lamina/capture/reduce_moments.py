@@ -325,12 +325,16 @@ class Covariance(Reducer):
             raise LaminaError(f"a covariance needs at least 2 rows (got {self.n})")
         s = self.s.value()
         width = s.numel()
-        tri = self._tri(width, s.device)
         full = torch.empty(width * width, dtype=torch.float64, device=s.device)
-        packed = self.s2.value()
-        full[tri] = packed  # upper triangle, then the same values mirrored: no full-size temporaries
-        full[(tri % width) * width + tri // width] = packed
-        return full.view(width, width).addr_(s, s, alpha=-1.0 / self.n)
+        full[self._tri(width, s.device)] = self.s2.value()
+        m = full.view(width, width)
+        step = 256
+        for i in range(0, width, step):  # mirror the upper triangle block by block: no full-size temporaries
+            j = min(width, i + step)
+            m[i:j, :i] = m[:i, i:j].T
+            block = m[i:j, i:j]
+            block.copy_(block.triu() + block.triu(1).T)
+        return m.addr_(s, s, alpha=-1.0 / self.n)
 
     def mean(self) -> torch.Tensor:
         return self.shift.double().to(self.s.value().device) + self.s.value() / self.n
