@@ -64,7 +64,7 @@ def main() -> None:
     os.environ["LAMINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="lamina-bench-")  # the store goes here
 
     from lamina.capture import random_init_copy
-    from lamina.capture.reduce import KeepRows, Moments
+    from lamina.capture.reduce import Histogram, KeepRows, Moments
     from lamina.capture.reduced import capture_reduced
     from lamina.capture.run import _batches, _forward
     from lamina.stats import fixed_histogram
@@ -111,12 +111,13 @@ def main() -> None:
             r, partial = mom.correlations().numpy(), mom.partial_correlations().numpy()
             fixed_histogram(r[0], edges), fixed_histogram(partial[0], edges), mom.pooled()
         kept = red[f"blocks.{block}.mlp.hook_pre"][1]
-        values = kept.rows().double().numpy()
-        lo, hi = np.percentile(values, [0.5, 99.5])
+        values = kept.rows()  # float32 as captured: no float64 copy of the block
+        lo, hi = np.percentile(values.numpy(), [0.5, 99.5])
         median, kept_lengths = np.median(lengths), lengths[kept.index]
-        for group in (kept_lengths < median, kept_lengths == median, kept_lengths > median):
-            fixed_histogram(values[group].ravel(), np.linspace(lo, hi, 121), density=True)
-        del values
+        labels = np.select([kept_lengths < median, kept_lengths == median], [0, 1], 2)  # short, equal, long
+        block_hist = Histogram(np.linspace(lo, hi, 121), groups=labels)  # the reducer, run on the kept rows
+        block_hist.update(values, slice(0, values.shape[0]))
+        block_hist.density()
     own = cap.wall - plain.wall + stats.wall
     own_cpu = cap.cpu - plain.cpu + stats.cpu
     written = red.provenance["bytes_written"]
@@ -126,7 +127,8 @@ def main() -> None:
           f"(cpu: {own_cpu:.1f} s = {own_cpu / plain.cpu:.1%})")
     peak = max(rss.peak, rss_stats.peak)
     print(f"RSS before the capture {gb(rss.start)}; peak during capture + statistics {gb(peak)} = weights + "
-          f"{gb(peak - weights)} (+{gb(peak - rss.start)} over the start)")
+          f"{gb(peak - weights)} (+{gb(peak - rss.start)} over the start; capture peak +{gb(rss.peak - rss.start)}, "
+          f"statistics peak +{gb(rss_stats.peak - rss.start)})")
     print(f"store: {gb(written)} written ({written / 1e6:.0f} MB) to {red.provenance['store']}")
 
     del red

@@ -23,15 +23,17 @@ class _Sum:
         self.hi = torch.zeros(shape, dtype=dtype, device=device)
         self.lo = torch.zeros_like(self.hi) if precision == "float32c" else None
 
-    def add_(self, inc: torch.Tensor) -> None:
+    def add_(self, inc: torch.Tensor, at: int | None = None) -> None:
+        """Add ``inc`` to the whole sum, or to row ``at`` of its leading axis."""
+        hi = self.hi if at is None else self.hi[at]
         if self.lo is None:
-            self.hi.add_(inc)
+            hi.add_(inc)
             return
         inc = inc.to(torch.float32)
-        s = self.hi + inc
-        bp = s - self.hi
-        self.lo.add_((self.hi - (s - bp)).add_(inc - bp))
-        self.hi = s
+        s = hi + inc
+        bp = s - hi
+        (self.lo if at is None else self.lo[at]).add_((hi - (s - bp)).add_(inc - bp))
+        hi.copy_(s)
 
     def add_exact_(self, inc64: torch.Tensor) -> None:
         """Add a float64 increment (merges); in float32c mode split into a float32 head and tail first."""
@@ -65,27 +67,36 @@ class _Sum:
 
 
 class Moments(Reducer):
-    """Per-feature mean and variance, and co-moments with per-row covariates (token length, log frequency...).
+    """Per-feature mean and variance, and co-moments with per-row covariates (token length, log frequency...),
+    in total or per group of rows.
 
-    State (float64 or compensated float32): the count, ``sum y``, ``sum y^2`` for ``y = x - shift``, and with
+    State (float64 or compensated float32): the count, ``sum y`` and ``sum y^2`` for ``y = x - shift``, and with
     covariates ``c`` (shifted too) ``sum c``, ``sum c c^T`` and ``sum c y^T``: enough for Pearson r and partial r
-    between every covariate and every feature, with no rows kept.
+    between every covariate and every feature, with no rows kept. With ``groups`` every sum is kept per group
+    (e.g. runs of consecutive tokens), so resamples of the groups (a block bootstrap) need no second pass:
+    ``correlations(weights)``.
 
     Args:
         covariates: None, or an array of shape (n_rows,) or (n_rows, k): one value per captured row, in the
             capture's row order.
-        precision: ``"auto"``, ``"float64"`` or ``"float32c"`` (see the module docstring).
+        groups: None, or (n_rows,) integer labels 0..G-1 per captured row (-1: the row is left out).
+        precision: ``"auto"``, ``"float64"`` or ``"float32c"`` (see :mod:`lamina.capture.reduce`).
     """
 
-    def __init__(self, covariates=None, *, precision: str = "auto"):
-        self._settings = {"covariates": covariates, "precision": precision}
+    def __init__(self, covariates=None, *, groups=None, precision: str = "auto"):
+        self._settings = {"covariates": covariates, "groups": groups, "precision": precision}
         cov = None if covariates is None else np.asarray(covariates, dtype=np.float64)
         if cov is not None and cov.ndim == 1:
             cov = cov[:, None]
         if cov is not None and (cov.ndim != 2 or not np.isfinite(cov).all()):
             raise LaminaError("covariates must be a finite array of shape (n_rows,) or (n_rows, k)")
-        self._cov_host, self._cov, self.precision = cov, None, None
-        self.n = 0
+        g = None if groups is None else np.asarray(groups)
+        if g is not None and (g.ndim != 1 or not np.issubdtype(g.dtype, np.integer) or (g.size and g.min() < -1)):
+            raise LaminaError("groups must be a 1-D integer array of labels 0..G-1 per captured row (-1: leave out)")
+        self._cov_host, self._groups_host = cov, None if g is None else g.astype(np.int64)
+        self.n_groups = 1 if g is None else int(g.max(initial=-1)) + 1
+        self._cov = self._groups = self.precision = None
+        self.counts = torch.zeros(self.n_groups, dtype=torch.int64)
         self.shift_x = self.shift_c = None
         self.s_x = self.s_xx = self.s_c = self.s_cc = self.s_xc = None
 
@@ -93,23 +104,39 @@ class Moments(Reducer):
     def k(self) -> int:
         return 0 if self._cov_host is None else self._cov_host.shape[1]
 
+    @property
+    def n(self) -> int:
+        return int(self.counts.sum())
+
     def bind(self, n_rows, device):
         self.precision = _resolve_precision(self._settings["precision"], torch.device(device))
+        for name, host in (("covariates", self._cov_host), ("groups", self._groups_host)):
+            if host is not None and n_rows is not None and host.shape[0] != n_rows:
+                raise LaminaError(f"{name} have {host.shape[0]} rows but the capture selects {n_rows}; give one "
+                                  "per captured row")
         if self._cov_host is not None:
-            if n_rows is not None and self._cov_host.shape[0] != n_rows:
-                raise LaminaError(f"covariates have {self._cov_host.shape[0]} rows but the capture selects "
-                                  f"{n_rows}; give one value per captured row")
             dtype = torch.float64 if self.precision == "float64" else torch.float32
             self._cov = torch.as_tensor(self._cov_host, device=device).to(dtype)
+        if self._groups_host is not None:
+            self._groups = torch.as_tensor(self._groups_host)  # on the CPU: it only steers the loop
 
     def _init_state(self, width: int, device, shift: torch.Tensor, c: torch.Tensor | None) -> None:
-        p = self.precision
+        p, G = self.precision, self.n_groups
         self.shift_x = shift
-        self.s_x, self.s_xx = _Sum(width, device, p), _Sum(width, device, p)
+        self.s_x, self.s_xx = _Sum((G, width), device, p), _Sum((G, width), device, p)
         if c is not None:
             self.shift_c = c.mean(0)
-            self.s_c, self.s_cc, self.s_xc = (_Sum(self.k, device, p), _Sum((self.k, self.k), device, p),
-                                              _Sum((self.k, width), device, p))
+            self.s_c, self.s_cc, self.s_xc = (_Sum((G, self.k), device, p), _Sum((G, self.k, self.k), device, p),
+                                              _Sum((G, self.k, width), device, p))
+
+    def _runs(self, rows: slice, n: int):
+        """(group, first, stop) runs of equal labels among the batch's rows, in row order."""
+        if self._groups is None:
+            return [(0, 0, n)]
+        g = self._groups[rows.start:rows.start + n]
+        labels, counts = torch.unique_consecutive(g, return_counts=True)
+        stops = torch.cumsum(counts, 0).tolist()
+        return [(int(lab), stop - int(cnt), stop) for lab, cnt, stop in zip(labels, counts, stops) if lab >= 0]
 
     def update(self, x, rows: slice) -> None:
         x = _as_matrix(x)
@@ -118,70 +145,87 @@ class Moments(Reducer):
         if x.shape[0] == 0:
             return
         dtype = torch.float64 if self.precision == "float64" else torch.float32
-        c = None if self._cov is None else self._cov[rows]
+        c = None if self._cov is None else self._cov[rows.start:rows.start + x.shape[0]]
         if c is not None and c.shape[0] != x.shape[0]:
             raise LaminaError(f"rows {rows} do not match a batch of {x.shape[0]} rows")
         if self.s_x is None:
-            self._init_state(x.shape[1], x.device, x.mean(0, dtype=torch.float64).to(dtype), c)
+            self._init_state(x.shape[1], x.device, x.mean(0).to(dtype), c)
         with _OneThread(x.device):
-            for i, j in _row_chunks(x):
-                y = x[i:j] - self.shift_x  # promoted to the accumulation dtype in the same pass
-                self.s_x.add_(y.sum(0))
-                if c is not None:
-                    cc = c[i:j] - self.shift_c
-                    self.s_c.add_(cc.sum(0))
-                    self.s_cc.add_(cc.T @ cc)
-                    self.s_xc.add_(cc.T @ y)
-                self.s_xx.add_(y.square_().sum(0))
-        self.n += x.shape[0]
+            for group, first, stop in self._runs(rows, x.shape[0]):
+                for i, j in _row_chunks(x[first:stop]):
+                    i, j = i + first, j + first
+                    y = x[i:j] - self.shift_x  # promoted to the accumulation dtype in the same pass
+                    self.s_x.add_(y.sum(0), group)
+                    if c is not None:
+                        cc = c[i:j] - self.shift_c
+                        self.s_c.add_(cc.sum(0), group)
+                        self.s_cc.add_(cc.T @ cc, group)
+                        self.s_xc.add_(cc.T @ y, group)
+                    self.s_xx.add_(y.square_().sum(0), group)
+                self.counts[group] += stop - first
 
     # -- results (float64) ---------------------------------------------------------------------------------
-    def _centred(self):
-        n = self.n
+    def _totals(self, weights=None) -> dict[str, torch.Tensor]:
+        """Sums over groups (or weighted by ``weights`` of shape (B, G): a leading resample axis)."""
+        sums = {"n": self.counts.double(), "x": self.s_x.value(), "xx": self.s_xx.value()}
+        if self.k:
+            sums.update(c=self.s_c.value(), cc=self.s_cc.value(), xc=self.s_xc.value())
+        if weights is None:
+            return {k: v.sum(0) for k, v in sums.items()}
+        w = torch.as_tensor(np.asarray(weights, dtype=np.float64))
+        if w.ndim != 2 or w.shape[1] != self.n_groups:
+            raise LaminaError(f"weights must have shape (B, {self.n_groups}) (one weight per group)")
+        return {k: torch.tensordot(w.to(v.device), v, dims=([1], [0])) for k, v in sums.items()}
+
+    def _m2x(self, t: dict) -> torch.Tensor:
+        n = t["n"] if t["n"].ndim == 0 else t["n"][..., None]
+        return (t["xx"] - t["x"] * t["x"] / n).clamp_min(0)
+
+    def _need(self, n: int) -> None:
         if n < 2:
             raise LaminaError(f"moments need at least 2 rows (got {n})")
-        sx = self.s_x.value()
-        m2 = (self.s_xx.value() - sx * sx / n).clamp_min(0)
-        return sx, m2
 
     def mean(self) -> torch.Tensor:
         """(width,) mean of every feature."""
-        return self.shift_x.to(torch.float64).to(self.s_x.value().device) + self.s_x.value() / self.n
+        t = self._totals()
+        return self.shift_x.to(t["x"].device, torch.float64) + t["x"] / t["n"]
 
     def variance(self, ddof: int = 1) -> torch.Tensor:
         """(width,) variance of every feature."""
-        return self._centred()[1] / (self.n - ddof)
+        self._need(self.n)
+        return self._m2x(self._totals()) / (self.n - ddof)
 
     def std(self, ddof: int = 1) -> torch.Tensor:
         return self.variance(ddof).sqrt()
 
     def pooled(self, ddof: int = 0) -> tuple[float, float]:
         """Mean and std of all values (every row and feature together)."""
-        k = self.shift_x.to(torch.float64).to(self.s_x.value().device)
-        total = self.n * self.s_x.value().numel()
-        s1 = (self.s_x.value() + self.n * k).sum()
-        s2 = (self.s_xx.value() + 2 * k * self.s_x.value() + self.n * k * k).sum()
+        t = self._totals()
+        k = self.shift_x.to(t["x"].device, torch.float64)
+        total = t["n"] * t["x"].numel()
+        s1 = (t["x"] + t["n"] * k).sum()
+        s2 = (t["xx"] + 2 * k * t["x"] + t["n"] * k * k).sum()
         mean = s1 / total
         return float(mean), float(((s2 - s1 * mean).clamp_min(0) / (total - ddof)).sqrt())
 
     def covariate_correlations(self) -> torch.Tensor:
         """(k, k) Pearson correlations between the covariates."""
-        cov = self._covariate_m2()
-        d = cov.diagonal().sqrt()
+        t = self._totals()
+        cov = t["cc"] - torch.outer(t["c"], t["c"]) / t["n"]
+        d = cov.diagonal().clamp_min(0).sqrt()
         return _safe_div(cov, d[:, None] * d[None, :])
 
-    def _covariate_m2(self) -> torch.Tensor:
-        sc = self.s_c.value()
-        return self.s_cc.value() - torch.outer(sc, sc) / self.n
-
-    def correlations(self) -> torch.Tensor:
-        """(k, width) Pearson r between each covariate and each feature (a constant feature gets r = 0)."""
+    def correlations(self, weights=None) -> torch.Tensor:
+        """(k, width) Pearson r between each covariate and each feature (a constant feature gets r = 0); with
+        ``weights`` of shape (B, G) (e.g. bootstrap counts of the groups), (B, k, width): one per resample."""
         if self.k == 0:
             raise LaminaError("this Moments reducer has no covariates; pass covariates=...")
-        sx, m2x = self._centred()
-        cxy = self.s_xc.value() - torch.outer(self.s_c.value(), sx) / self.n
-        m2c = self._covariate_m2().diagonal().clamp_min(0)
-        return _safe_div(cxy, torch.sqrt(m2c[:, None] * m2x[None, :])).clamp_(-1, 1)
+        self._need(self.n)
+        t = self._totals(weights)
+        n = t["n"][..., None]
+        cxy = t["xc"] - t["c"][..., :, None] * t["x"][..., None, :] / n[..., None]
+        m2c = (t["cc"].diagonal(dim1=-2, dim2=-1) - t["c"] * t["c"] / n).clamp_min(0)
+        return _safe_div(cxy, torch.sqrt(m2c[..., :, None] * self._m2x(t)[..., None, :])).clamp_(-1, 1)
 
     def partial_correlations(self) -> torch.Tensor:
         """(k, width) partial r between each covariate and each feature, controlling for the other covariates.
@@ -217,26 +261,27 @@ class Moments(Reducer):
         if self.n == 0:
             self.load_state_dict(other.state_dict(), device=other.s_x.hi.device)
             return self
-        m = other.n
-        d = other.shift_x.double().to(self.s_x.hi.device) - self.shift_x.double()
+        m = other.counts.double().to(self.s_x.hi.device)[:, None]  # (G, 1)
+        d = other.shift_x.double().to(m.device) - self.shift_x.double()
         sxb = other.s_x.value().to(d.device)
         self.s_x.add_exact_(sxb + m * d)
         self.s_xx.add_exact_(other.s_xx.value().to(d.device) + 2 * d * sxb + m * d * d)
         if self.k:
             e = other.shift_c.double().to(d.device) - self.shift_c.double()
             scb = other.s_c.value().to(d.device)
+            ein = torch.einsum
             self.s_c.add_exact_(scb + m * e)
-            self.s_cc.add_exact_(other.s_cc.value().to(d.device) + torch.outer(e, scb) + torch.outer(scb, e)
-                                 + m * torch.outer(e, e))
-            self.s_xc.add_exact_(other.s_xc.value().to(d.device) + torch.outer(e, sxb) + torch.outer(scb, d)
-                                 + m * torch.outer(e, d))
-        self.n += m
+            self.s_cc.add_exact_(other.s_cc.value().to(d.device) + ein("i,gj->gij", e, scb)
+                                 + ein("gi,j->gij", scb, e) + m[..., None] * torch.outer(e, e))
+            self.s_xc.add_exact_(other.s_xc.value().to(d.device) + ein("i,gw->giw", e, sxb)
+                                 + ein("gi,w->giw", scb, d) + m[..., None] * torch.outer(e, d))
+        self.counts += other.counts
         return self
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         if self.s_x is None:
-            return {"n": torch.tensor(0, dtype=torch.int64)}
-        out = {"n": torch.tensor(self.n, dtype=torch.int64), "shift_x": self.shift_x}
+            return {"n": self.counts}
+        out = {"n": self.counts, "shift_x": self.shift_x}
         for name in ("s_x", "s_xx"):
             out.update(getattr(self, name).state(name))
         if self.k:
@@ -247,7 +292,7 @@ class Moments(Reducer):
 
     def load_state_dict(self, state, device=None) -> None:
         device = torch.device(device) if device is not None else state["n"].device
-        self.n = int(state["n"])
+        self.counts = state["n"].to("cpu").clone()
         if self.precision is None:
             self.bind(None, device)
         if self.n == 0:
@@ -296,7 +341,7 @@ class Covariance(Reducer):
         dtype = torch.float64 if self.precision == "float64" else torch.float32
         width = x.shape[1]
         if self.s is None:
-            self.shift = x.mean(0, dtype=torch.float64).to(dtype)
+            self.shift = x.mean(0).to(dtype)
             self.s = _Sum(width, x.device, self.precision)
             self.s2 = _Sum(width * (width + 1) // 2, x.device, self.precision)
         gram = self._scratch(width, x.device, dtype)
