@@ -23,8 +23,8 @@ from .activations import Rows
 from .hooks import hooked
 from .models import Model
 from .reduce import Reducer
-from .run import (TOKENS_PER_BATCH, _as_texts, _batches, _decode_tokens, _forward, _pad_batch, _Recorder,
-                  _text_key, _tokenizer_hash, tokenize)
+from .run import (TOKENS_PER_BATCH, _as_texts, _batches, _forward, _pad_batch, _Recorder, _text_key,
+                  _tokenizer_hash, selected_rows, tokenize)
 from .select import as_selector
 from .sites import parse_site
 from .store import Store
@@ -240,12 +240,7 @@ def capture_reduced(
         if not r.finite():
             raise LaminaError(f"NaN or infinite activations at {', '.join(sites)}; load the model in float32 "
                               "(dtype='float32') or check its weights")
-    rows = Rows(
-        text_index=np.repeat(np.arange(len(texts)), [len(c) for c in chosen]),
-        position=np.array([p for c in chosen for p in c], dtype=np.int64),
-        token_id=np.array([tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c], dtype=np.int64),
-        token=tuple(_decode_tokens(model, [tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c])),
-    )
+    rows = selected_rows(model, tokenized, chosen)
     provenance = {"model": model.summary(), "lamina_version": _version.__version__, "sites": names,
                   "positions": selector.key or selector.description, "n_texts": len(texts),
                   "tokenizer_sha256": _tokenizer_hash(model), "add_special_tokens": add_special_tokens,

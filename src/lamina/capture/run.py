@@ -370,12 +370,7 @@ def capture(
                 and not torch.isfinite(buf).all():
             raise LaminaError(f"NaN or infinite activations at {site}; load the model in float32 "
                               "(dtype='float32') or check its weights")
-    rows = Rows(
-        text_index=np.repeat(np.arange(len(texts)), [len(c) for c in chosen]),
-        position=np.array([p for c in chosen for p in c], dtype=np.int64),
-        token_id=np.array([tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c], dtype=np.int64),
-        token=tuple(_decode_tokens(model, [tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c])),
-    )
+    rows = selected_rows(model, tokenized, chosen)
     provenance = {
         "model": model.summary(),
         "lamina_version": _version.__version__,
@@ -392,6 +387,18 @@ def capture(
 
         store_entry(entry, acts)  # a cache that cannot be written warns; the result is returned all the same
     return acts
+
+
+def selected_rows(model: Model, tokenized: list[TokenizedText], chosen: list) -> Rows:
+    """What each captured row is: text index, position, token id and token, for the positions ``chosen`` of
+    each tokenised text (rows ordered by text, then position)."""
+    ids = [tokenized[i].ids[p] for i, c in enumerate(chosen) for p in c]
+    return Rows(
+        text_index=np.repeat(np.arange(len(tokenized)), [len(c) for c in chosen]),
+        position=np.array([p for c in chosen for p in c], dtype=np.int64),
+        token_id=np.array(ids, dtype=np.int64),
+        token=tuple(_decode_tokens(model, ids)),
+    )
 
 
 def _decode_tokens(model: Model, ids: list[int]) -> list[str]:

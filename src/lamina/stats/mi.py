@@ -114,6 +114,16 @@ def _check_kept(keep: np.ndarray, n: int, lead: tuple, trim_z: float) -> None:
                               f"{_index_of(rb[i], n, lead)}; use a larger trim_z or trim_z=None")
 
 
+def check_mi_options(estimator: str, correction: str | None, base: float) -> None:
+    """Raise :class:`LaminaError` for an unknown estimator or correction, or a log base that is not > 0 and != 1."""
+    if estimator not in ("histogram", "ksg"):
+        raise LaminaError(f"estimator={estimator!r} is not valid; use 'histogram' or 'ksg'")
+    if correction not in (None, "miller-madow"):
+        raise LaminaError(f"correction={correction!r} is not valid; use None or 'miller-madow'")
+    if not base > 0 or base == 1:
+        raise LaminaError(f"base must be positive and not 1 (got {base})")
+
+
 def _check_finite(X: np.ndarray, what: str = "X") -> None:
     if not np.isfinite(X).all():
         bad = np.argwhere(~np.isfinite(X))[0]
@@ -217,12 +227,7 @@ def pairwise_mutual_information(
         entropy with its own binning; for ``"ksg"`` the diagonal is NaN. With ``return_bins``, a tuple
         ``(mi, bins)``.
     """
-    if estimator not in ("histogram", "ksg"):
-        raise LaminaError(f"estimator={estimator!r} is not valid; use 'histogram' or 'ksg'")
-    if correction not in (None, "miller-madow"):
-        raise LaminaError(f"correction={correction!r} is not valid; use None or 'miller-madow'")
-    if not base > 0 or base == 1:
-        raise LaminaError(f"base must be positive and not 1 (got {base})")
+    check_mi_options(estimator, correction, base)
     is_torch = type(X).__module__.startswith("torch")
     on_cuda = is_torch and X.is_cuda
     requested = backend

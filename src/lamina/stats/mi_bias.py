@@ -8,8 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import LaminaError
-from .mi import (_as_real, _check_finite, _check_kept, _check_range, _pairwise_numba, pairwise_mutual_information,
-                 resolve_bins, trim_mask)
+from .mi import (_as_real, _check_finite, _check_kept, _check_range, _pairwise_numba, check_mi_options,
+                 pairwise_mutual_information, resolve_bins, trim_mask)
 
 __all__ = ["MIBias", "mutual_information_bias"]
 
@@ -57,12 +57,7 @@ def mutual_information_bias(X, *, bins=15, trim_z: float | None = None, n_draws:
     """
     if isinstance(n_draws, bool) or not isinstance(n_draws, (int, np.integer)) or n_draws < 2:
         raise LaminaError(f"n_draws must be an integer >= 2 (the sd needs two draws; got {n_draws!r})")
-    if estimator not in ("histogram", "ksg"):
-        raise LaminaError(f"estimator={estimator!r} is not valid; use 'histogram' or 'ksg'")
-    if correction not in (None, "miller-madow"):
-        raise LaminaError(f"correction={correction!r} is not valid; use None or 'miller-madow'")
-    if not base > 0 or base == 1:
-        raise LaminaError(f"base must be positive and not 1 (got {base})")
+    check_mi_options(estimator, correction, base)
     if type(X).__module__.startswith("torch") and not X.is_complex():
         X = X.detach().to("cpu").double().numpy()
     Xn = _as_real(X)
