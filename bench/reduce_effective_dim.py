@@ -1,13 +1,15 @@
-"""Benchmark: an effective-dim-like reduction at pythia-2.8b shape (random weights): the PCA spectrum of every
-hidden state (33 residual sites x 2560) over 1000 corpus tokens.
+"""Benchmark: the effective-dim study's own compute path at pythia-2.8b shape (random weights, baseline none).
 
-``--method covariance`` (default): a ``Covariance`` reducer per site (float64 upper triangle, 26 MB each) and
-the spectrum from its eigenvalues; ``--method rows``: the rows themselves (``Gram``, float32) and the spectrum
-from the n x n centred Gram matrix (cheaper while n_tokens < d_model). Printed, measured in this one run: the
-plain forward over the same batch, the reduced capture, the spectra, lamina's own time, peak RSS beside the
-weights, bytes written by the store. Not a test.
+Runs ``lamina.studies.effective_dim.compute`` (1000 corpus tokens and 4 seeded token-shuffled copies; per copy
+the 33 residual sites, 2560 wide: fewer rows than the width, so the study keeps the rows (float32) and takes each
+spectrum from the n x n Gram matrix; ``--method covariance`` forces a float64 ``Covariance`` per site instead;
+stored with ``store=True``) and prints, measured in this one run: the plain forward over one copy,
+the study's wall and CPU time and lamina's own time beside 5 plain forwards, peak RSS beside the weights, the
+bytes the store wrote, and the components for 95% of the variance against a float64 reference (every row of the
+text copy captured, numpy PCA). Not a test.
 
-    nice -n 10 .venv/bin/python bench/reduce_effective_dim.py [--method rows] [--tokens 1000] [--no-store]
+    nice -n 10 .venv/bin/python bench/reduce_effective_dim.py [--method covariance] [--tokens 1000] [--layers N]
+        [--no-reference]
 """
 
 from __future__ import annotations
@@ -18,28 +20,40 @@ import os
 import resource
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _shapes import PeakRSS, corpus_ids, gb, pythia_2_8b, random_model, tokenizer, weight_bytes  # noqa: E402
+from _shapes import PeakRSS, gb, pythia_2_8b, random_model, tokenizer, weight_bytes  # noqa: E402
 from reduce_token_length import Clock  # noqa: E402
+
+
+def _bytes_under(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--method", default="covariance", choices=["covariance", "rows"])
     ap.add_argument("--tokens", type=int, default=1000)
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks (a quick run at the same width)")
-    ap.add_argument("--no-store", action="store_true")
+    ap.add_argument("--no-reference", action="store_true", help="skip the float64 all-rows reference")
+    ap.add_argument("--method", default="auto", choices=["auto", "covariance"],
+                    help="auto: the study's choice (rows when fewer tokens than the width); covariance: always a "
+                         "Covariance per site")
     args = ap.parse_args()
-    os.environ["LAMINA_CACHE_DIR"] = tempfile.mkdtemp(prefix="lamina-bench-")
+    cache = Path(tempfile.mkdtemp(prefix="lamina-bench-"))
+    os.environ["LAMINA_CACHE_DIR"] = str(cache)
 
-    from lamina.capture import residual_sites
-    from lamina.capture.reduce import Covariance, Gram
-    from lamina.capture.reduced import capture_reduced
+    from lamina.capture import capture, residual_sites
     from lamina.capture.run import _forward
+    from lamina.stats import components_for_variance
+    from lamina.studies.effective_dim import EffectiveDimConfig, _windows, compute, spectrum
+    from lamina.studies import effective_dim_reduce
+    from lamina.studies.texts import corpus_text
+
+    effective_dim_reduce.ALWAYS_COVARIANCE = args.method == "covariance"
 
     cfg = pythia_2_8b()
     if args.layers:
@@ -48,50 +62,56 @@ def main() -> None:
     with Clock() as build:
         model = random_model(cfg, tok, "pythia-2.8b-shape")
     weights = weight_bytes(model)
+    config = EffectiveDimConfig(n_tokens=args.tokens)
     print(f"pythia-2.8b shape: {model.n_layers} blocks, d_model {model.d_model}, weights {gb(weights)} (float32); "
-          f"{args.tokens} tokens, method {args.method}; {torch.get_num_threads()} threads; built in {build}")
-    ids, _ = corpus_ids(tok, args.tokens, skip=3000)
-    window = [ids.tolist()]
-    sites = residual_sites(model)
+          f"effective-dim, {args.tokens} tokens x (text + {config.n_shuffles} shuffles), method {args.method}; "
+          f"{torch.get_num_threads()} threads; built in {build}")
 
+    text, _ = corpus_text(None)
+    ids = tok(text, add_special_tokens=False)["input_ids"][config.skip_tokens:config.skip_tokens + config.n_tokens]
+    window = _windows(ids, min(config.n_tokens, model.context_length or config.n_tokens))
     runner = model.module(model.adapter.base)
     with torch.no_grad():
         _forward(model, runner, torch.tensor([window[0][:16]]), torch.ones(1, 16, dtype=torch.long))  # warm-up
         gc.collect()
         with PeakRSS() as rss_plain, Clock() as plain:
-            x = torch.tensor(window)
+            x = torch.tensor(window[:1])
             _forward(model, runner, x, torch.ones_like(x))
-    print(f"plain forward:                        {plain}; peak RSS weights + {gb(rss_plain.peak - weights)}")
+    n_forwards = (1 + config.n_shuffles) * len(window)
+    print(f"plain forward (one copy, the whole model): {plain}; peak RSS weights + {gb(rss_plain.peak - weights)}")
 
-    template = Covariance() if args.method == "covariance" else Gram()
     gc.collect()
-    with PeakRSS() as rss, Clock() as cap:
-        red = capture_reduced(model, window, {s: template for s in sites}, add_special_tokens=False,
-                              store=not args.no_store)
-    with PeakRSS() as rss_stats, Clock() as stats:
-        spectra = []
-        for s in sites:
-            r = red[s]
-            if args.method == "covariance":
-                spectra.append(r.spectrum().numpy())
-            else:
-                x = r.rows().double()
-                x = x - x.mean(0)
-                eig = torch.linalg.eigvalsh(x @ x.T).flip(0).clamp_min(0)
-                spectra.append((eig / eig.sum()).numpy())
-        n95 = [int(np.searchsorted(np.cumsum(s), 0.95) + 1) for s in spectra]
-    own = cap.wall - plain.wall + stats.wall
-    own_cpu = cap.cpu - plain.cpu + stats.cpu
-    print(f"capture_reduced ({len(sites)} sites):        {cap}")
-    print(f"spectra ({len(sites)}):                        {stats}  (components for 95%: {n95[:3]} ... {n95[-2:]})")
-    print(f"lamina's own time: {own:.1f} s = {own / plain.wall:.1%} of the forward "
-          f"(cpu: {own_cpu:.1f} s = {own_cpu / plain.cpu:.1%})")
-    peak = max(rss.peak, rss_stats.peak)
-    print(f"RSS before the capture {gb(rss.start)}; peak during capture + spectra {gb(peak)} = weights + "
-          f"{gb(peak - weights)} (+{gb(peak - rss.start)} over the start; capture peak +{gb(rss.peak - rss.start)}, "
-          f"spectra peak +{gb(rss_stats.peak - rss.start)})")
-    if not args.no_store:
-        print(f"store: {gb(red.provenance['bytes_written'])} written")
+    with PeakRSS() as rss, Clock() as study:
+        out = compute(model, config, {})
+    own = study.wall - n_forwards * plain.wall
+    own_cpu = study.cpu - n_forwards * plain.cpu
+    print(f"effective-dim compute: {study}; lamina's own time {own:.1f} s = {own / (n_forwards * plain.wall):.1%} of "
+          f"{n_forwards} plain forwards (cpu {own_cpu:.1f} s = {own_cpu / (n_forwards * plain.cpu):.1%})")
+    print(f"RSS before {gb(rss.start)}; peak {gb(rss.peak)} = weights + {gb(rss.peak - weights)} "
+          f"(+{gb(rss.peak - rss.start)} over the start); target weights + 1.50 GB: "
+          f"{'met' if rss.peak - weights <= 1.5 * 1024**3 else 'NOT met'}")
+    print(f"store: {gb(_bytes_under(cache / 'store'))} written; activation cache: "
+          f"{gb(_bytes_under(cache / 'activations')) if (cache / 'activations').exists() else '0.00 GB'}")
+    pl = out.results["per_layer"]
+    n95 = [p["text"]["n95"] for p in pl]
+    print(f"components for 95% (text): {n95[:4]} ... {n95[-3:]}; sinks dropped: {out.results['sinks_dropped']}")
+
+    if not args.no_reference:
+        with Clock() as ref_clock:
+            acts = capture(model, window, residual_sites(model), add_special_tokens=False)
+            keep = acts.rows.position != 0
+            ref_n95, ref_spec = [], []
+            for s in residual_sites(model):  # one float64 layer at a time
+                spec = spectrum(acts[s].double().numpy()[keep])
+                ref_n95.append(components_for_variance(spec, 0.95))
+                ref_spec.append(spec)
+            del acts
+        got = out.arrays["spectrum_text"]
+        diff = max(float(np.max(np.abs(g - r[:g.size]))) for g, r in zip(got, ref_spec))
+        same = sum(a == b for a, b in zip(n95, ref_n95))
+        print(f"float64 reference (all rows, numpy) in {ref_clock}: n95 equal at {same}/{len(n95)} layers; "
+              f"largest |spectrum difference| {diff:.2e}"
+              + ("" if not out.results["sinks_dropped"]["text"] else " (the text copy had sinks: not comparable)"))
     print(f"process peak RSS (ru_maxrss): {gb(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)}")
 
 

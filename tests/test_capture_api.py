@@ -176,3 +176,33 @@ def test_tune_malloc_is_opt_in_and_idempotent():
             "first = lamina.tune_malloc(); assert lamina.tune_malloc() is first; print(first)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == ("True" if sys.platform.startswith("linux") else "False")
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+def test_causal_models_read_only_up_to_the_last_selected_token(tiny_models, arch):
+    """A causal LM's state at a selected token does not depend on later tokens, so the forward pass stops
+    reading there (punctuation-clusters' windows lose 10 of 31 tokens); a masked LM reads every text whole.
+    The rows equal those of a capture that reads every text whole."""
+    model = tiny_models[arch]
+    texts = ["the cat sat on the mat and then it slept", "a dog ran far away from home today"]
+    model.site_widths()  # measured once per model by a one-token pass: not part of what is counted here
+    seen = []
+    embed = model.hf.get_input_embeddings()
+    handle = embed.register_forward_hook(lambda m, args, out: seen.append(args[0].shape[1]))
+    try:
+        acts = lamina.capture(model, texts, "blocks.*.hook_resid_post", positions=select.index(3), batch_size=1)
+        reduced = lamina.capture.capture_reduced(model, texts, {"blocks.0.hook_resid_post": lamina.capture.reduce.KeepRows()},
+                                         positions=select.index(3), batch_size=1)
+    finally:
+        handle.remove()
+    lengths = [len(model.tokenizer(t)["input_ids"]) for t in texts]
+    expected = [lengths[0], lengths[1]] * 2 if model.is_masked_lm else [4, 4, 4, 4]
+    assert seen == expected
+    whole = lamina.capture(model, texts, "blocks.*.hook_resid_post")  # every position: each text read whole
+    at3 = whole.rows.position == 3
+    for layer in range(model.n_layers):
+        site = f"blocks.{layer}.hook_resid_post"
+        # float32 round-off: the same layers over sequences of different length (different kernel blocking)
+        torch.testing.assert_close(acts[site], whole[site][at3], rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(reduced["blocks.0.hook_resid_post"].rows(), whole["blocks.0.hook_resid_post"][at3],
+                               rtol=1e-5, atol=1e-5)

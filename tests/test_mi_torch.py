@@ -44,7 +44,8 @@ def test_torch_equals_numba_on_a_stack(stack, trim_z, bins):
     np.testing.assert_array_equal(b, np.swapaxes(b, -1, -2))  # mirrored exactly, like the CPU result
 
 
-@pytest.mark.parametrize("trim_z", [None, 2.0])
+# Untrimmed, the kernel walks the most bins (~40 s on 2 cores): `slow`; the trimmed case runs by default.
+@pytest.mark.parametrize("trim_z", [pytest.param(None, marks=pytest.mark.slow), 2.0])
 def test_most_bins(stack, trim_z):
     # B = 255, the largest: codes fill uint8, joint tables of 65025 cells (one group: B**2 makes it costly).
     a, b = both(stack[2], bins=255, trim_z=trim_z, correction="miller-madow")

@@ -34,7 +34,7 @@ def _check_report(folder, keys):
     return doc
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("llama", marks=pytest.mark.slow), "bert"])
 def test_coffee_mi_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     folder = run_study("coffee-mi", model=tiny_models[arch], out=tmp_path / "r", reports_root=tmp_path)
     doc = _check_report(folder, {"positions", "layer", "mi", "distance", "tau", "p", "mi_untrimmed", "per_layer"})
@@ -108,7 +108,7 @@ def test_compare_reports_cli(tiny_models, tmp_path, cache_dir, capsys):
     assert capsys.readouterr().err.startswith("error: ")
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "gpt-neo", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", pytest.param("gpt-neo", marks=pytest.mark.slow), "bert"])
 def test_path_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     from lamina.studies.texts import PHILOSOPHER_PARAGRAPH
 
@@ -127,7 +127,7 @@ def test_path_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
         np.testing.assert_allclose(h**2, a**2 + m**2 + 2 * c * a * m, rtol=1e-6, atol=1e-12)
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", [pytest.param("gpt2", marks=pytest.mark.slow), "llama", "bert"])
 def test_token_length_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     from lamina import capture
     from lamina.studies.texts import corpus_text
@@ -203,7 +203,7 @@ def test_cli_several_models_writes_a_comparison(tiny_paths, tmp_path, cache_dir,
     assert len(list((tmp_path / "many" / "path-length").glob("*/results.json"))) == 2
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "bert"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", pytest.param("bert", marks=pytest.mark.slow)])
 def test_qkv_similarity_end_to_end(tiny_models, tmp_path, cache_dir, arch):
     from lamina import capture
     from lamina.studies.qkv_similarity import S_EDGES, target_and_previous

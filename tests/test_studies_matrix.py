@@ -23,11 +23,28 @@ SMALL = {
 }
 
 
-@pytest.mark.parametrize("arch", TINY_ARCHS)
-@pytest.mark.parametrize("study", sorted(REGISTRY))
+def _matrix():
+    """Every (study, architecture) pair. The default suite runs each study on the llama (with its random-init
+    baseline) and on one other family in rotation, so every family runs several studies; the rest are `slow`
+    (``make test-all``) to keep the default suite within its time budget."""
+    others = [a for a in TINY_ARCHS if a != "llama"]
+    model_studies = [s for s in sorted(REGISTRY) if REGISTRY[s].needs != "none"]
+    rotation = {s: others[i % len(others)] for i, s in enumerate(model_studies)}
+    cases = []
+    for study in sorted(REGISTRY):
+        for arch in TINY_ARCHS:
+            if REGISTRY[study].needs == "none":
+                if arch == TINY_ARCHS[0]:  # needs no model: run once
+                    cases.append(pytest.param(study, arch, id=f"{study}-{arch}"))
+                continue
+            default = arch == "llama" or rotation[study] == arch
+            cases.append(pytest.param(study, arch, id=f"{study}-{arch}",
+                                      marks=() if default else pytest.mark.slow))
+    return cases
+
+
+@pytest.mark.parametrize(("study", "arch"), _matrix())
 def test_every_study_on_every_architecture(tiny_models, tmp_path, cache_dir, study, arch):
-    if REGISTRY[study].needs == "none" and arch != TINY_ARCHS[0]:
-        pytest.skip("needs no model: run once")
     model = tiny_models[arch]
     overrides = dict(SMALL.get(study, {}))
     text_file = None

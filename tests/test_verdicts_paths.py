@@ -164,8 +164,10 @@ def test_token_length_frequency_confound_beats_a_random_covariate_only_when_freq
 
 
 def test_token_length_statistics_against_numpy():
-    from lamina.studies.token_length import (TokenLengthConfig, block_sums, bootstrap_r, control_covariates,
-                                             length_statistics)
+    import torch
+
+    from lamina.capture.reduce_runs import RunSums
+    from lamina.studies.token_length import TokenLengthConfig, control_covariates, length_statistics
 
     rng = np.random.default_rng(4)
     lengths = rng.integers(1, 12, 600).astype(float)
@@ -183,13 +185,15 @@ def test_token_length_statistics_against_numpy():
     assert out["per_layer"][1]["mean_r"] == pytest.approx(-r.mean(), abs=1e-12)
     assert layer0["activation_std"] == pytest.approx(A.astype(np.float64).std(), rel=1e-12)
     # Block bootstrap: one resample of the runs equals np.corrcoef on the tokens it picks.
-    x, Y = lengths - lengths.mean(), A - A.mean(0, dtype=np.float64)
-    sums = block_sums(x, Y, 64)
-    k = len(sums["n"])
+    runs = np.arange(600) // 64
+    sums = RunSums(lengths, runs)
+    sums.update(torch.from_numpy(A), slice(0, 600))
+    k = runs.max() + 1
     w = rng.multinomial(k, np.full(k, 1 / k), size=1).astype(float)
     rows = np.concatenate([np.arange(b * 64, min(600, b * 64 + 64)) for b in range(k) for _ in range(int(w[0, b]))])
-    want = [np.corrcoef(x[rows], Y[rows, j])[0, 1] for j in range(40)]
-    np.testing.assert_allclose(bootstrap_r(sums, w)[0], want, atol=1e-12)  # same sums, two float64 routes
+    want = [np.corrcoef(lengths[rows], A[rows, j])[0, 1] for j in range(40)]
+    # run sums kept in float32 (24-bit mantissa) against float64 np.corrcoef of the same rows: ~1e-7 in r
+    np.testing.assert_allclose(sums.correlations(w).numpy()[0], want, atol=1e-6)
     rs = [np.corrcoef(lengths, c)[0, 1] for c in control_covariates(lengths, -0.5, 200, seed=0)]
     assert np.mean(rs) == pytest.approx(-0.5, abs=0.01)  # 200 draws of r at n = 600: sd of the mean ~0.002
 
@@ -266,6 +270,7 @@ def test_settle_depth_and_rank_trend_against_loops():
     np.testing.assert_allclose(rank_trend(ranks), rho, atol=1e-12)  # Pearson of ranks, two float64 routes
 
 
+@pytest.mark.slow  # ~20 s: two token-length runs; the baseline path itself runs in the default suite
 def test_token_length_compare_random_stands_in_for_a_skipped_baseline(tiny_models, tmp_path, cache_dir):
     import json
 

@@ -63,7 +63,7 @@ def _her_acts(n_layers: int, planted: bool, seed: int, n: int = len(HER_SENTENCE
 
 
 def _run(module, monkeypatch, acts, config, model):
-    monkeypatch.setattr(module, "capture", lambda *a, **k: acts)
+    monkeypatch.setattr(module, "capture_qkv_rows", lambda *a, **k: acts)
     return module.compute(model, config, StudyInputs(text=None, corpus=None))
 
 

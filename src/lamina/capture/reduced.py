@@ -20,11 +20,10 @@ import torch
 from .. import _version
 from ..errors import LaminaError
 from .activations import Rows
-from .hooks import hooked
 from .models import Model
 from .reduce import Reducer
-from .run import (TOKENS_PER_BATCH, _as_texts, _batches, _forward, _pad_batch, _Recorder, _text_key,
-                  _tokenizer_hash, selected_rows, tokenize)
+from .run import (TOKENS_PER_BATCH, _as_texts, _batches, _pad_batch, _Recorder, _text_key, _tokenizer_hash,
+                  forward_prefixes, passes, selected_rows, tokenize)
 from .select import as_selector
 from .sites import parse_site
 from .store import Store
@@ -177,6 +176,8 @@ def capture_reduced(
     add_special_tokens: bool = True,
     store: bool = False,
     chunk_batches: int | None = None,
+    backend: str | None = None,
+    remote: bool | None = None,
 ) -> Reduced:
     """Run the model over ``texts`` and feed the selected rows at each site to online reducers.
 
@@ -191,6 +192,8 @@ def capture_reduced(
         store: checkpoint per chunk of batches under ``cache_dir("store", key)``; a later call with the same
             inputs resumes an interrupted capture, or returns a finished one without running the model.
         chunk_batches: batches per checkpoint (None: one checkpoint per ``CHECKPOINT_SECONDS`` of work).
+        backend, remote: as in :func:`lamina.capture`; with ``backend="nnsight"`` the reducers run inside the
+            trace (on NDIF with ``remote=True``: only their states come back).
 
     Returns:
         :class:`Reduced`: the reducers by site, the rows and the provenance (``bytes_written`` by the store).
@@ -199,6 +202,9 @@ def capture_reduced(
         LaminaError: as :func:`lamina.capture`; a reducer key matching no site or two keys one site; store=True
             with a position rule or transform that cannot be named.
     """
+    from .backend_nnsight import resolve_backend
+
+    backend, remote = resolve_backend(backend, remote)
     texts = _as_texts(texts)
     selector = as_selector(positions)
     if padding_side not in ("left", "right"):
@@ -218,7 +224,8 @@ def capture_reduced(
     device = model.device
     for _, r in flat:
         r.bind(n_rows, device)
-    batches = _batches([len(t.ids) for t in tokenized], batch_size)
+    fed = forward_prefixes(model, tokenized, chosen)  # a causal LM reads each text up to its last selected token
+    batches = _batches([len(t.ids) for t in fed], batch_size)
     reducers = [r for _, r in flat]
 
     st = None
@@ -232,8 +239,8 @@ def capture_reduced(
     with (st.open() if st is not None else _nothing()):
         done, rows_done = st.resume(reducers, device) if st is not None else (0, 0)
         if done < len(batches):
-            _run(model, tokenized, chosen, offsets, batches, done, names, flat, padding_side, progress, st,
-                 chunk_batches)
+            _run(model, fed, chosen, offsets, batches, done, names, flat, padding_side, progress, st,
+                 chunk_batches, backend, remote)
         if st is not None and not st.complete:
             st.finish(len(batches), n_rows)
     for sites, r in flat:
@@ -245,6 +252,8 @@ def capture_reduced(
                   "positions": selector.key or selector.description, "n_texts": len(texts),
                   "tokenizer_sha256": _tokenizer_hash(model), "add_special_tokens": add_special_tokens,
                   "reducers": [{"sites": list(s), **r.spec()} for s, r in flat]}
+    if backend != "hooks":
+        provenance["backend"] = backend + ("-remote" if remote else "")
     if st is not None:
         provenance.update({"store": str(st.folder), "bytes_written": st.bytes_written, "resumed_at_batch": done})
     return Reduced(by_key, rows, provenance)
@@ -259,11 +268,12 @@ class _nothing:
 
 
 def _run(model, tokenized, chosen, offsets, batches, start, names, flat, padding_side, progress, st,
-         chunk_batches) -> None:
+         chunk_batches, backend="hooks", remote=False) -> None:
     """The batch loop from batch ``start`` on, with a checkpoint after each chunk when storing."""
     runner = model.hf if "logits" in names else model.module(model.adapter.base)
     recorder = _Recorder(model, names, None, sinks=_sinks(flat))
     reducers = [r for _, r in flat]
+    recorder.reducers = reducers  # a remote backend sends their states back (capture/ndif.py)
     device = model.device
     todo = range(start, len(batches))
     show = progress if progress is not None else len(batches) > 20
@@ -274,7 +284,7 @@ def _run(model, tokenized, chosen, offsets, batches, start, names, flat, padding
         iterator = tqdm(todo, desc=f"reduce {model.name}", unit="batch", initial=0, total=len(todo))
     sleep = float(os.environ.get(_SLEEP_ENV, "0") or 0)
     chunk_start, clock = start, time.perf_counter()
-    with torch.no_grad(), hooked(model.hf, recorder.hooks()):
+    with torch.no_grad(), passes(model, runner, recorder, backend, remote) as forward:
         for j in iterator:
             batch = batches[j]
             items = [tokenized[i] for i in batch]
@@ -288,7 +298,7 @@ def _run(model, tokenized, chosen, offsets, batches, start, names, flat, padding
             identity = len(flat_index) == ids.numel() and flat_index == list(range(len(flat_index)))
             recorder.start_batch(torch.tensor(flat_index, dtype=torch.long, device=device), rows, identity)
             if rows.stop > rows.start:
-                _forward(model, runner, ids, mask)
+                forward(ids, mask)
             last = j + 1 == len(batches)
             due = (j + 1 - chunk_start >= chunk_batches) if chunk_batches else \
                 time.perf_counter() - clock >= CHECKPOINT_SECONDS

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import numbers
@@ -16,6 +17,7 @@ from ..errors import LaminaError
 from ..paths import cache_dir
 from ._buffers import host_buffers
 from .activations import Activations, Rows
+from .batches import TOKENS_PER_BATCH, _batches, _pad_batch, forward_kwargs, forward_prefixes  # noqa: F401
 from .hooks import StopForward, hooked
 from .models import Model, resolve_dtype
 from .select import Selector, TokenizedText, as_selector
@@ -23,8 +25,6 @@ from .sites import hook_point, parse_site
 
 __all__ = ["capture", "tokenize", "measure_widths", "residual_sites", "capture_cache_key"]
 
-#: Default token budget per forward pass (batch size x padded length) when ``batch_size`` is None.
-TOKENS_PER_BATCH = 4096
 
 
 def residual_sites(model: Model) -> list[str]:
@@ -218,61 +218,39 @@ class _Recorder:
 
 
 def _forward(model: Model, runner: torch.nn.Module, ids: torch.Tensor, mask: torch.Tensor) -> None:
-    kwargs = {"input_ids": ids, "attention_mask": mask}
-    if model.adapter.position_ids:  # else the model derives positions from the mask or ids itself (ALiBi, RoBERTa)
-        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
-    if not model.is_masked_lm:
-        kwargs["use_cache"] = False
     try:
-        runner(**kwargs)
+        runner(**forward_kwargs(model, ids, mask))
     except StopForward:
         pass
 
 
-def _batches(lengths: list[int], batch_size: int | None) -> list[range]:
-    """Consecutive runs of texts so each batch's rows form one contiguous range of the output."""
-    if batch_size is not None and batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, not {batch_size}")
-    out, start = [], 0
-    while start < len(lengths):
-        end, longest = start + 1, lengths[start]  # every batch takes at least one text: the loop always ends
-        while end < len(lengths):
-            longest_next = max(longest, lengths[end])
-            size = end - start + 1
-            if batch_size is not None:
-                if size > batch_size:
-                    break
-            elif size * longest_next > TOKENS_PER_BATCH:
-                break
-            longest, end = longest_next, end + 1
-        out.append(range(start, end))
-        start = end
-    return out
+@contextlib.contextmanager
+def passes(model: Model, runner: torch.nn.Module, recorder: _Recorder, backend: str = "hooks",
+           remote: bool = False):
+    """Yield ``forward(ids, mask)``, one forward pass in which ``recorder`` reads its sites: through hooks on
+    the real modules, or through nnsight tracing (locally or on NDIF; :mod:`lamina.capture.backend_nnsight`)."""
+    if not remote:
+        from .weightless import require_weights
 
+        require_weights(model)  # a model loaded with weights=False runs only on NDIF
+    if backend == "nnsight":
+        from .backend_nnsight import nnsight_passes
 
-def _pad_batch(model: Model, items: list[TokenizedText], side: str, device) -> tuple[torch.Tensor, torch.Tensor]:
-    pad_id = model.tokenizer.pad_token_id
-    if pad_id is None:
-        pad_id = model.tokenizer.eos_token_id if model.tokenizer.eos_token_id is not None else 0
-    longest = max(len(t.ids) for t in items)
-    ids = torch.full((len(items), longest), int(pad_id), dtype=torch.long)
-    mask = torch.zeros((len(items), longest), dtype=torch.long)
-    for b, t in enumerate(items):
-        n = len(t.ids)
-        cols = slice(longest - n, longest) if side == "left" else slice(0, n)
-        ids[b, cols] = torch.tensor(t.ids)
-        mask[b, cols] = 1
-    return ids.to(device), mask.to(device)
+        with nnsight_passes(model, recorder, remote=remote) as forward:
+            yield forward
+        return
+    with hooked(model.hf, recorder.hooks()):
+        yield lambda ids, mask: _forward(model, runner, ids, mask)
 
 
 def measure_widths(model: Model) -> dict[str, int]:
     """Width of every site's vectors, read from a one-token forward pass."""
     names = model.sites()
     recorder = _Recorder(model, names, None)
-    ids = torch.tensor([[model.tokenizer.eos_token_id or 0]], device=model.device)
     recorder.start_batch(torch.zeros(1, dtype=torch.long, device=model.device), slice(0, 1))
-    with torch.no_grad(), hooked(model.hf, recorder.hooks()):
-        _forward(model, model.hf, ids, torch.ones_like(ids))
+    from .weightless import probe_pass
+
+    probe_pass(model, recorder.hooks())  # a real pass, or shapes only for a weightless model (no weights)
     return {name: recorder.widths[name] for name in names}
 
 
@@ -288,6 +266,8 @@ def capture(
     cache: bool = False,
     padding_side: str = "right",
     add_special_tokens: bool = True,
+    backend: str | None = None,
+    remote: bool | None = None,
 ) -> Activations:
     """Run the model over ``texts`` and keep the activations at ``sites`` for the selected positions.
 
@@ -303,6 +283,10 @@ def capture(
         cache: reuse/store the result in the content-addressed cache under the user cache dir.
         padding_side: ``"right"`` or ``"left"``; results do not depend on it (position ids follow the mask).
         add_special_tokens: let the tokenizer add BOS/CLS/SEP as it normally does.
+        backend: ``"hooks"`` (forward hooks on the real modules) or ``"nnsight"`` (nnsight tracing; same
+            numbers, see :mod:`lamina.capture.backend_nnsight`); None: the one set by ``using_backend`` (hooks).
+        remote: with ``backend="nnsight"``, run on NDIF (API key from ``NDIF_API_KEY``; see
+            :mod:`lamina.capture.ndif`); only the selected rows come back.
 
     Returns:
         :class:`Activations` with ``acts[site]`` of shape (n_rows, width), rows ordered by text then position.
@@ -311,6 +295,9 @@ def capture(
         LaminaError: empty input, unknown site, a word not found, a text longer than the context, or NaN
             activations.
     """
+    from .backend_nnsight import resolve_backend
+
+    backend, remote = resolve_backend(backend, remote)
     texts = _as_texts(texts)
     names = model.sites(sites)
     selector = as_selector(positions)
@@ -343,7 +330,8 @@ def capture(
     if "logits" not in names:
         runner = model.module(model.adapter.base)  # the LM head is not needed: skip it
     recorder = _Recorder(model, names, buffers)
-    batches = _batches([len(t.ids) for t in tokenized], batch_size)
+    fed = forward_prefixes(model, tokenized, chosen)
+    batches = _batches([len(t.ids) for t in fed], batch_size)
     show = progress if progress is not None else len(batches) > 20
     iterator = batches
     if show:
@@ -351,9 +339,9 @@ def capture(
 
         iterator = tqdm(batches, desc=f"capture {model.name}", unit="batch")
     device = model.device
-    with torch.no_grad(), hooked(model.hf, recorder.hooks()):
+    with torch.no_grad(), passes(model, runner, recorder, backend, remote) as forward:
         for batch in iterator:
-            items = [tokenized[i] for i in batch]
+            items = [fed[i] for i in batch]
             ids, mask = _pad_batch(model, items, padding_side, device)
             width = ids.shape[1]
             flat = []
@@ -362,7 +350,7 @@ def capture(
                 flat.extend(b * width + shift + p for p in pos)
             recorder.start_batch(torch.tensor(flat, dtype=torch.long, device=device),
                                  slice(int(offsets[batch.start]), int(offsets[batch.stop])))
-            _forward(model, runner, ids, mask)
+            forward(ids, mask)
     for site, buf in buffers.items():
         # One reduction instead of a full boolean mask: NaN and inf propagate into the sum; only a sum that is
         # not finite (a NaN, an inf, or -- never seen in practice -- a float32 overflow) gets the exact check.
@@ -381,6 +369,8 @@ def capture(
         "tokenizer_sha256": _tokenizer_hash(model),
         "add_special_tokens": add_special_tokens,
     }
+    if backend != "hooks":
+        provenance["backend"] = backend + ("-remote" if remote else "")
     acts = Activations(buffers, rows, provenance)
     if entry is not None:
         from ..cache import store_entry

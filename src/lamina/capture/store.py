@@ -33,7 +33,7 @@ from ..errors import LaminaError
 from ..paths import cache_dir
 from .reduce import Reducer
 
-__all__ = ["Store"]
+__all__ = ["Store", "stored_rows"]
 
 _FORMAT = 1
 _STATE = re.compile(r"^state-(\d{6})\.safetensors$")
@@ -94,6 +94,7 @@ class Store:
             except OSError:
                 raise LaminaError(f"another process is writing this capture ({self.folder}); wait for it to "
                                   "finish, then run again") from None
+            os.utime(self.folder / "lock")  # the last use, for the cache's LRU eviction (lamina.cache)
             for stray in self.folder.glob(".tmp-*"):  # left by a run killed mid-write (we hold the lock)
                 stray.unlink(missing_ok=True)
             existing = self.folder / "manifest.json"
@@ -141,6 +142,11 @@ class Store:
 
     def finish(self, n_batches: int, n_rows: int) -> None:
         self._json("complete.json", {"batches": n_batches, "rows": n_rows})
+        if self.folder.parent == cache_dir("store"):  # in the cache: keep it within $LAMINA_CACHE_MAX_GB
+            from ..cache import evict
+
+            with contextlib.suppress(OSError):
+                evict(keep=self.folder)
 
     def resume(self, reducers: Sequence[Reducer], device) -> tuple[int, int]:
         """Load the newest checkpoint into ``reducers``; returns (batches done, rows done), (0, 0) if none."""
@@ -167,6 +173,24 @@ class Store:
                     mine = {k.split("/", 1)[1]: v for k, v in part.items() if k.split("/", 1)[0] == str(i)}
                     r.load_rows_state(r0, r1, mine, device=device)
         return b1, rows_done
+
+
+def stored_rows(folder: str | os.PathLike, index: int) -> Iterator[dict[str, torch.Tensor]]:
+    """The row state a row-keeping reducer committed to a store, chunk by chunk in row order, one chunk in
+    memory at a time (``index``: the reducer's position in the capture, as in its ``provenance["reducers"]``).
+    For reducers that hand their rows over to the store (``RunSums(spill=True)``)."""
+    from safetensors import safe_open
+
+    folder = Path(folder)
+    chunks = sorted((int(m.group(1)), f) for f in folder.iterdir() if (m := _ROWS.match(f.name)))
+    prefix = f"{index}/"
+    for _, path in chunks:
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                yield {k[len(prefix):]: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+        except (OSError, ValueError) as exc:
+            raise LaminaError(f"cannot read the stored capture {path}: {exc}; delete {folder} and run again") \
+                from None
 
 
 def _load(path: Path) -> tuple[dict[str, torch.Tensor], dict]:

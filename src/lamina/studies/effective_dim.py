@@ -4,7 +4,9 @@ The chapter's lesson: ~1000 tokens of prose and a token-shuffled copy of them (t
 destroyed); PCA on the token vectors of every hidden state; the number of components that reach 95% (and
 99%) of the variance, absolute and as % of the maximum (the rank limit min(n_tokens - 1, d_model)); both texts'
 curves in one figure. Several seeded shuffled copies give the shuffled curve a spread, against which the text is
-tested (a t prediction interval per layer).
+tested (a t prediction interval per layer). Each copy is computed from streaming reducers, one forward pass per
+copy (:mod:`lamina.studies.effective_dim_reduce`): a float64 covariance per hidden state, or the rows themselves
+when there are fewer tokens than dimensions.
 """
 
 from __future__ import annotations
@@ -13,15 +15,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture, residual_sites
 from ..errors import LaminaError
 from ..stats import components_for_variance, participation_ratio
 from .base import StudyOutput, register
+from .effective_dim_reduce import SINK_RATIO, copy_spectra  # noqa: F401 - SINK_RATIO: the documented rule
 from .texts import corpus_text
 
 TEXTS = ("text", "shuffled")
-#: An attention sink's norm is ~100x the median token's; ordinary tokens stay within ~2x: 10x separates them.
-SINK_RATIO = 10.0
 
 
 @dataclass(frozen=True)
@@ -109,20 +109,10 @@ def compute(model, config: EffectiveDimConfig, inputs) -> StudyOutput:
         copies.append((f"shuffle{k}", shuffled.tolist()))
     spectra, layer0, max_dim, sinks, n_rows = {}, {}, {}, {}, {}
     for name, seq in copies:
-        acts = capture(model, _windows(seq, size), residual_sites(model), cache=True, add_special_tokens=False)
-        hidden = acts.residual_stream().double().numpy()  # (L + 1, n_tokens, d)
-        positions = acts.rows.position
-        if config.skip_first:
-            hidden, positions = hidden[:, positions != 0], positions[positions != 0]
-        layer0[name] = spectrum(hidden[0])  # every token: the same multiset in every copy
-        if config.drop_sinks:
-            norms = np.linalg.norm(hidden, axis=2)
-            sink = (norms > SINK_RATIO * np.median(norms, axis=1, keepdims=True)).any(axis=0)
-            hidden, sinks[name] = hidden[:, ~sink], positions[sink].tolist()
-        spectra[name] = np.stack([spectrum(h) for h in hidden])
-        n_rows[name] = int(hidden.shape[1])
-        max_dim[name] = min(n_rows[name] - 1, int(hidden.shape[2]))  # centring removes one dimension
-        del acts, hidden
+        out = copy_spectra(model, _windows(seq, size), config)
+        spectra[name], layer0[name], sinks[name] = out["spectra"], out["layer0"], out["sinks"]
+        n_rows[name] = out["n_rows"]
+        max_dim[name] = min(n_rows[name] - 1, out["width"])  # centring removes one dimension
     shuffles = [f"shuffle{k}" for k in range(config.n_shuffles)]
     per_layer = []
     for layer in range(spectra["text"].shape[0]):

@@ -18,7 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture, residual_sites
+from ..capture import residual_sites, tokenize
+from ..capture.reduce import KeepRows
+from ..capture.reduced import capture_reduced
 from ..errors import LaminaError
 from ..stats import (
     correlate,
@@ -124,14 +126,30 @@ def _joint_mantel(A: np.ndarray, B: np.ndarray, n_permutations: int, seed) -> tu
           MILayersConfig)
 def compute(model, config: MILayersConfig, inputs) -> StudyOutput:
     text, text_info = default_text(model, inputs.get("text"), PHILOSOPHER_PARAGRAPH)
-    acts = capture(model, text, residual_sites(model), cache=True)
-    hidden = acts.residual_stream().double().numpy()  # (L + 1, T, d)
-    start = 1 if config.skip_first else 0
-    hidden = hidden[:, start:start + config.max_tokens]
+    hidden = token_vectors(model, text, config)  # (L + 1, T, d)
     if hidden.shape[1] < 5:
         raise LaminaError(f"the text gives {hidden.shape[1]} tokens; mi-layers needs at least 5")
     results, arrays = analyse(hidden, config)
     return StudyOutput({**text_info, **results}, [], arrays=arrays, resolved={"bins": results["bins_resolved"]})
+
+
+def token_vectors(model, text: str, config: MILayersConfig) -> np.ndarray:
+    """The hidden states of the analysed tokens (after ``skip_first``, at most ``max_tokens``), float64.
+
+    Only those rows are kept (``KeepRows``, float32 as captured), so memory grows with ``max_tokens``, not with
+    the text.
+
+    Returns:
+        (L + 1, T, d) float64.
+    """
+    n = len(tokenize(model, [text])[0].ids)
+    start = 1 if config.skip_first else 0
+    keep = np.arange(start, min(n, start + config.max_tokens))
+    if keep.size == 0:
+        return np.zeros((model.n_layers + 1, 0, model.d_model))
+    sites = residual_sites(model)
+    red = capture_reduced(model, text, {s: KeepRows(where=keep) for s in sites}, store=True)
+    return np.stack([red[s].rows().numpy() for s in sites]).astype(np.float64)
 
 
 def analyse(hidden: np.ndarray, config: MILayersConfig) -> tuple[dict, dict]:

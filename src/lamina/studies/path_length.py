@@ -17,8 +17,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+import torch
 
-from ..capture import capture, residual_sites
+from ..capture import residual_sites
+from ..capture.reduce import KeepRows
+from ..capture.reduced import capture_reduced
 from ..errors import LaminaError
 from ..stats import adjustment_cosine, correct_pvalues, correlate, path_lengths
 from .base import StudyOutput, register
@@ -133,22 +136,50 @@ def bootstrap_indices(n: int, n_resamples: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, n, (n_resamples, n))
 
 
+def step_stats(hidden: torch.Tensor, after: torch.Tensor, attn: torch.Tensor, mlp: torch.Tensor) -> torch.Tensor:
+    """Per-row lengths and dot product of one block's steps, in float64 (a ``KeepRows`` transform over the
+    block's input, output, attention and MLP adjustments, each (n, d)).
+
+    Returns:
+        (n, 4): ``|attn|``, ``|mlp|``, ``|after - hidden|`` and ``attn . mlp``.
+    """
+    a, m = attn.to(torch.float64), mlp.to(torch.float64)
+    step = after.to(torch.float64) - hidden.to(torch.float64)
+    norm = torch.linalg.vector_norm
+    return torch.stack([norm(a, dim=1), norm(m, dim=1), norm(step, dim=1), (a * m).sum(1)], dim=1)
+
+
+def block_steps(model, text) -> tuple[dict, object]:
+    """Per token and block the lengths of the attention, MLP and hidden-state steps and their cosine, from one
+    reduced capture: each block's four sites (input, output, attention and MLP outputs) bound to one per-row
+    reducer on the model's device, so memory grows with tokens x blocks, not with the width.
+
+    Returns:
+        (``{"attn", "mlp", "hidden", "cos"}`` each (L, T) float64, the captured rows).
+    """
+    hidden = residual_sites(model)
+    blocks = {(hidden[i], hidden[i + 1], f"blocks.{i}.hook_attn_out", f"blocks.{i}.hook_mlp_out"):
+              KeepRows(transform=step_stats) for i in range(model.n_layers)}
+    red = capture_reduced(model, text, blocks, store=True)
+    per = np.stack([red[key].rows().numpy() for key in blocks])  # (L, T, 4)
+    attn, mlp, dot = per[..., 0], per[..., 1], per[..., 3]
+    den = attn * mlp
+    cos = np.where(den > 0, dot / np.where(den > 0, den, 1.0), 0.0)  # as lamina.stats.adjustment_cosine
+    return {"attn": attn, "mlp": mlp, "hidden": per[..., 2], "cos": cos}, red.rows
+
+
 @register("path-length", "Residual-stream path lengths of attention, MLP and hidden-state steps per token/layer",
           PathLengthConfig)
 def compute(model, config: PathLengthConfig, inputs) -> StudyOutput:
     text, text_info = default_text(model, inputs.get("text"), PHILOSOPHER_PARAGRAPH)
-    sites = residual_sites(model) + ["blocks.*.hook_attn_out", "blocks.*.hook_mlp_out"]
-    acts = capture(model, text, sites, cache=True)
-    n_tokens = len(acts)
+    steps, rows = block_steps(model, text)
+    n_tokens = len(rows)
     if n_tokens < 5:
         raise LaminaError(f"the text has {n_tokens} tokens; path-length needs at least 5")
-    hidden = acts.residual_stream().double().numpy()
-    attn = acts.stack("hook_attn_out").double().numpy()
-    mlp = acts.stack("hook_mlp_out").double().numpy()
-    results, arrays = measure_paths(hidden, attn, mlp, config)
-    results = {**text_info, "n_tokens": n_tokens, "tokens": list(acts.rows.token), **results}
+    results, arrays = measure_steps(steps, model.d_model, config)
+    results = {**text_info, "n_tokens": n_tokens, "tokens": list(rows.token), **results}
     return StudyOutput(results, [], arrays=arrays,
-                       resolved={"scatter_layers": list(range(0, attn.shape[0], config.scatter_every))})
+                       resolved={"scatter_layers": list(range(0, model.n_layers, config.scatter_every))})
 
 
 def measure_paths(hidden, attn, mlp, config: PathLengthConfig) -> tuple[dict, dict]:
@@ -161,10 +192,29 @@ def measure_paths(hidden, attn, mlp, config: PathLengthConfig) -> tuple[dict, di
     Returns:
         (results: JSON-able, arrays: per-layer x token arrays and bootstrap replicates (L, B)).
     """
-    n_tokens = attn.shape[1]
     pl = path_lengths(hidden, attn, mlp)
-    cos = adjustment_cosine(attn, mlp)  # (L, T)
-    n_layers = attn.shape[0]
+    steps = {"attn": pl["attn"], "mlp": pl["mlp"], "hidden": pl["hidden"], "cos": adjustment_cosine(attn, mlp)}
+    return measure_steps(steps, attn.shape[-1], config)
+
+
+def measure_steps(steps: dict, d_model: int, config: PathLengthConfig) -> tuple[dict, dict]:
+    """Every number of the study from the per-token step lengths and cosines (pure).
+
+    Args:
+        steps: ``{"attn", "mlp", "hidden", "cos"}`` of shape (L, T): the lengths of the attention, MLP and
+            hidden-state steps of every block and token, and the cosine between the two adjustments.
+        d_model: the residual width (the random-direction null of the cosines).
+        config: the bootstrap settings, correction and alpha.
+
+    Returns:
+        (results: JSON-able, arrays: per-layer x token arrays and bootstrap replicates (L, B)).
+    """
+    pl = {k: np.asarray(steps[k], dtype=np.float64) for k in ("attn", "mlp", "hidden")}
+    for key in ("attn", "mlp", "hidden"):
+        pl[f"{key}_cumulative"] = np.cumsum(pl[key], axis=0)
+    cos = np.asarray(steps["cos"], dtype=np.float64)  # (L, T)
+    n_tokens = cos.shape[1]
+    n_layers = cos.shape[0]
     idx = bootstrap_indices(n_tokens - 1, config.n_bootstrap, config.seed)  # over tokens 1.. (token 0 excluded)
     rest = {k: pl[k][:, 1:] for k in ("attn", "mlp", "hidden")}
     abs_cos = np.abs(cos[:, 1:])
@@ -198,8 +248,8 @@ def measure_paths(hidden, attn, mlp, config: PathLengthConfig) -> tuple[dict, di
             r[key].update({"p_adjusted": float(a), "significant": bool(s)})
     token_influence = {m: np.mean([influence[(k, m)] for k in ("attn", "mlp")], axis=(0, 1)).tolist()
                        for m in ("pearson", "spearman")}  # (T,) mean over layers and both adjustments
-    results = {"per_layer": per_layer, "d_model": int(attn.shape[-1]),
-               "random_direction_abs_cos": random_direction_abs_cos(attn.shape[-1]),
+    results = {"per_layer": per_layer, "d_model": int(d_model),
+               "random_direction_abs_cos": random_direction_abs_cos(int(d_model)),
                "final_step_ratio": final_step_ratio(rest["hidden"].mean(-1)),
                "token0_hidden_pl_ratio": float(pl["hidden"][:, 0].mean() / pl["hidden"][:, 1:].mean()),
                "token_influence": token_influence}

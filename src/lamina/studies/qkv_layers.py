@@ -13,12 +13,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture
 from ..errors import LaminaError
 from ..stats import correlation_matrix, cosine_similarity_matrix, fixed_histogram, upper_triangle
 from .base import StudyOutput, register
 from .claims import Claim, decide
-from .qkv_similarity import KINDS, PARTS, _sentences, target_and_previous
+from .qkv_similarity import KINDS, PARTS, _sentences, capture_qkv_rows, target_and_previous
 from ._pair_resampling import bootstrap_indices, pair_means
 from .resampling import boot, layer_trend
 
@@ -54,8 +53,7 @@ class QKVLayersConfig:
           QKVLayersConfig)
 def compute(model, config: QKVLayersConfig, inputs) -> StudyOutput:
     sentences = _sentences(inputs)
-    acts = capture(model, sentences, ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v"],
-                   positions=target_and_previous(config.target), cache=True)
+    acts = capture_qkv_rows(model, sentences, target_and_previous(config.target))  # qkv-similarity's stored rows
     rows = {"previous": np.arange(0, len(acts), 2), "target": np.arange(1, len(acts), 2)}
     idx = bootstrap_indices(len(sentences), config.n_bootstrap, config.seed)  # pairs of two different draws
     per_layer, cosines = [], {}

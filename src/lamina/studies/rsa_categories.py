@@ -16,12 +16,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture, select, tokenize
+from ..capture import select, tokenize
 from ..errors import LaminaError
 from ..stats import (category_selectivity, compare_rdms, correlation_matrix, cosine_similarity_matrix,
                      label_permutation_test, mantel_test)
 from ._pair_resampling import bootstrap_indices
 from .base import StudyOutput, register, scaled_layer
+from .qkv_similarity import capture_qkv_rows
 from .resampling import boot, layer_trend
 
 PARTS = ("Q", "K", "V")
@@ -211,8 +212,7 @@ def compute(model, config: RSAConfig, inputs) -> StudyOutput:
     if not 0 <= layer < L:
         raise LaminaError(f"layer {layer} does not exist; {model.name} has blocks 0-{L - 1}")
     texts = [config.carrier.format(w) for _, w, _ in kept]
-    acts = capture(model, texts, ["blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v"],
-                   positions=select.indices([[p] for _, _, p in kept]), cache=True)
+    acts = capture_qkv_rows(model, texts, select.indices([[p] for _, _, p in kept]))  # one kept row per word
     labels = np.array([c for c, _, _ in kept])
     idx = bootstrap_indices(len(kept), config.n_bootstrap, config.seed)  # resampled words, shared by all layers
     sims = np.stack([[_similarity(acts[f"blocks.{lay}.attn.hook_{p.lower()}"].double().numpy(), config.similarity)

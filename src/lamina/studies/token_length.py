@@ -8,6 +8,11 @@ Added to the write-up: token frequency as a confound (partial correlation); null
 token lengths shuffled across tokens (several seeded shuffles), a block bootstrap over runs of tokens for the
 per-layer curves, a control covariate as correlated with length as frequency but otherwise random, random
 token subsets for the bimodality test, and the framework's random-init copy of the model (``baseline``).
+
+Computed from online reducers (``capture_reduced(..., store=True)``, resumable): per layer the co-moments of
+every neuron with every covariate (length, log frequency, the shuffled lengths, the controls), the per-run sums
+the block bootstrap resamples, and at the histogram block the sampled values of the bimodality tests and its
+rows (all, or a seeded subset beyond ``block_rows``): see :mod:`lamina.studies.token_length_reduce`.
 Optionally a second model measured the same way (``compare``) drawn beside at relative depth.
 """
 
@@ -18,14 +23,23 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture
+import torch
+
+from ..capture.reduced import capture_reduced
+from ..capture.store import stored_rows
 from ..errors import LaminaError
-from ..stats import bimodality_bic, fixed_histogram, partial_from_correlations
 from .base import StudyOutput, register, scaled_layer
+from .token_length_reduce import (R_EDGES, block_rows, control_covariates, layer_reducers, null_draws,  # noqa: F401
+                                  reduced_statistics, reducers)
 from .texts import corpus_text
 from .token_length_claims import claims  # noqa: F401 - the framework looks it up in this module
 
-R_EDGES = np.linspace(-0.8, 0.8, 81)
+#: Tokens per forward pass: the forward's own temporaries grow with the batch (at gpt-neo-1.3B shape ~0.4 GB
+#: for 1024 tokens, several times that for lamina's default 4096), at about the same speed on a CPU.
+BATCH_TOKENS = 1024
+#: Tokens per checkpoint of the store: the co-moments (~100 MB at gpt-neo-1.3B shape) are rewritten at each,
+#: and the run sums of one chunk are held in memory until it is written (~300 MB there for 8192 tokens).
+CHECKPOINT_TOKENS = 8192
 SITES = ("mlp.hook_pre", "mlp.hook_post")
 LENGTHS = ("decoded", "stripped")
 
@@ -47,6 +61,9 @@ class TokenLengthConfig:
             ``"random"`` (a random-init copy built by the study: only useful with ``--baseline none``, since the
             framework's random-init baseline is the same null) or ``"none"``.
         bimodality_sample: pooled short-token activations (seeded subsample) for the bimodality test.
+        block_rows: block rows kept for its activation histograms: every token up to this many, else a seeded
+            subset of this size (memory stays bounded at any corpus size); None: as many as fit in 64 MiB of
+            float32. The bimodality tests always draw from every token.
         n_shuffles: seeded shuffles of the token lengths (null of r) and draws of the frequency control.
         n_bootstrap: bootstrap resamples of the runs of ``bootstrap_block`` consecutive tokens.
         bootstrap_block: tokens per resampled run (neighbouring tokens are not independent).
@@ -63,6 +80,7 @@ class TokenLengthConfig:
     block: int | None = None
     compare: str | None = None
     bimodality_sample: int = 20000
+    block_rows: int | None = None
     n_shuffles: int = 30
     n_bootstrap: int = 500
     bootstrap_block: int = 64
@@ -80,6 +98,8 @@ class TokenLengthConfig:
         check.choice("length", self.length, LENGTHS)
         check.layer("block", self.block)
         check.at_least("bimodality_sample", self.bimodality_sample, 100)
+        if self.block_rows is not None:
+            check.at_least("block_rows", self.block_rows, 100)
         check.at_least("n_shuffles", self.n_shuffles, 2)
         check.at_least("n_bootstrap", self.n_bootstrap, 100)  # a 95% percentile CI needs ~100 resamples
         check.at_least("bootstrap_block", self.bootstrap_block, 1)
@@ -134,73 +154,9 @@ def corpus_windows(model, text: str, config: TokenLengthConfig) -> tuple[list[li
     return windows, counts, seq
 
 
-def control_covariates(x: np.ndarray, r_xz: float, n: int, seed: int) -> np.ndarray:
-    """(n, T) seeded variables correlated ~r_xz with ``x`` (T,) and otherwise pure noise: controlling for one
-    shrinks |r| only as much as any covariate that correlated with length would (the frequency claim's null)."""
-    z = (x - x.mean()) / (x.std() or 1.0)
-    noise = np.random.default_rng(seed).standard_normal((n, x.size))
-    return r_xz * z + np.sqrt(max(0.0, 1 - r_xz**2)) * noise
-
-
-def block_sums(x: np.ndarray, Y: np.ndarray, block: int) -> dict[str, np.ndarray]:
-    """Per run of ``block`` consecutive tokens: the sums a Pearson r needs (x: (T,), Y: (T, m), both centred).
-
-    Returns:
-        ``{"n": (K,), "x": (K,), "xx": (K,), "y": (K, m), "yy": (K, m), "xy": (K, m)}`` for K = ceil(T / block)
-        (the last run holds the remainder).
-    """
-    full = (x.size // block) * block
-    parts = [(x[:full].reshape(-1, block), Y[:full].reshape(-1, block, Y.shape[1]))]
-    if full < x.size:
-        parts.append((x[None, full:], Y[None, full:]))
-    out = {k: [] for k in ("n", "x", "xx", "y", "yy", "xy")}
-    for xs, ys in parts:
-        out["n"].append(np.full(xs.shape[0], xs.shape[1], dtype=np.float64))
-        out["x"].append(xs.sum(1))
-        out["xx"].append(np.einsum("kb,kb->k", xs, xs))
-        out["y"].append(ys.sum(1))
-        out["yy"].append(np.einsum("kbm,kbm->km", ys, ys))
-        out["xy"].append(np.einsum("kb,kbm->km", xs, ys))
-    return {k: np.concatenate(v) for k, v in out.items()}
-
-
-def bootstrap_r(sums: dict[str, np.ndarray], weights: np.ndarray) -> np.ndarray:
-    """Pearson r per column for each resample of the runs (weights: (B, K) counts) -> (B, m)."""
-    n, sx, sxx = (weights @ sums[k] for k in ("n", "x", "xx"))
-    sy, syy, sxy = (weights @ sums[k] for k in ("y", "yy", "xy"))
-    cov = sxy - (sx / n)[:, None] * sy
-    vx = sxx - sx**2 / n
-    vy = syy - sy**2 / n[:, None]
-    den = np.sqrt(np.maximum(vx[:, None] * vy, 0.0))
-    return np.where(den > 0, cov / np.where(den > 0, den, 1.0), 0.0)
-
-
-def _correlate_centred(unit_x: np.ndarray, A: np.ndarray, sum_sq: np.ndarray) -> np.ndarray:
-    """Pearson r of k centred unit-norm variables (k, T) with every column of the centred A (T, m) whose sums
-    of squares are ``sum_sq`` (m,): ``unit_x @ A / sqrt(sum_sq)`` -> (k, m); constant columns give 0."""
-    return np.clip((unit_x @ A) / np.where(sum_sq > 0, np.sqrt(sum_sq), np.inf), -1.0, 1.0)
-
-
-def measure(model, text: str, config: TokenLengthConfig) -> dict:
-    """Every number of the study for one model: corpus windows, token lengths and frequencies, the capture, then
-    :func:`length_statistics`."""
-    windows, counts, seq = corpus_windows(model, text, config)
-    flat = np.concatenate(windows)
-    lengths = token_lengths(model, flat, config.length)
-    log_freq = np.log10(counts[flat] / counts.sum())
-    acts = capture(model, windows, f"blocks.*.{config.site}", cache=True, add_special_tokens=False)
-    layers = acts.layers(config.site)
-    block = config.block if config.block is not None else scaled_layer(4, 12, len(layers))
-    if not 0 <= block < len(layers):
-        raise LaminaError(f"block {block} does not exist; {model.name} has blocks 0-{len(layers) - 1}")
-    stats = length_statistics(lengths, log_freq, ((layer, acts[f"blocks.{layer}.{config.site}"].numpy())
-                                                  for layer in layers), block, config)
-    return {"model": model.summary(), "n_tokens": int(flat.size), "n_windows": len(windows), "seq_len": seq,
-            **stats}
-
-
-def length_statistics(lengths, log_freq, layers, block: int, config: TokenLengthConfig) -> dict:
-    """The study's numbers from token lengths, log frequencies and activations (pure: arrays in, numbers out).
+def length_statistics(lengths, log_freq, layers, block: int, config: "TokenLengthConfig") -> dict:
+    """The study's numbers from token lengths, log frequencies and activations (pure: arrays in, numbers out):
+    each layer's activations go through the reducers of a capture (:func:`reducers`) in one update.
 
     Args:
         lengths, log_freq: (T,) per token.
@@ -209,90 +165,52 @@ def length_statistics(lengths, log_freq, layers, block: int, config: TokenLength
         config: the null and bootstrap settings.
 
     Returns:
-        JSON-able numbers (per-layer r summaries with CIs and nulls, bimodality) and ``"_arrays"`` (histograms,
-        null draws (L, n_shuffles), bootstrap replicates (L, n_bootstrap)).
+        As :func:`reduced_statistics`.
     """
     lengths = np.asarray(lengths, dtype=np.float64)
-    log_freq = np.asarray(log_freq, dtype=np.float64)
-    r_len_freq = float(np.corrcoef(lengths, log_freq)[0, 1]) if np.ptp(lengths) and np.ptp(log_freq) else 0.0
-    rng = np.random.default_rng(config.seed)
-    shuffled = np.stack([rng.permutation(lengths) for _ in range(config.n_shuffles)])
-    controls = control_covariates(lengths, r_len_freq, config.n_shuffles, config.seed + 1)
-    n_blocks = int(np.ceil(lengths.size / config.bootstrap_block))
-    weights = rng.multinomial(n_blocks, np.full(n_blocks, 1 / n_blocks), size=config.n_bootstrap).astype(np.float64)
-    variables = np.concatenate([[lengths, log_freq], shuffled, controls])
-    variables = variables - variables.mean(axis=1, keepdims=True)
-    norm = np.linalg.norm(variables, axis=1, keepdims=True)
-    variables = variables / np.where(norm > 0, norm, np.inf)  # centred, unit norm (a constant row stays 0)
-    x_centred = lengths - lengths.mean()
-    k = config.n_shuffles
-    per_layer, block_values = [], None
-    arrays = {key: [] for key in ("r_hist", "partial_hist", "shuffled_mean_r", "shuffled_std_r",
-                                  "control_mean_abs_partial_r", "boot_mean_r", "boot_std_r")}
+    draws = keep = None
+    fed = []
     for layer, raw in layers:
-        means = raw.mean(axis=0, dtype=np.float64)
-        A = raw - means  # centred float64 (r is unchanged by the shift)
-        sums = block_sums(x_centred, A, config.bootstrap_block)
-        rows = _correlate_centred(variables, A, sums["yy"].sum(axis=0))
-        r, r_freq, r_shuf, r_ctrl = rows[0], rows[1], rows[2:2 + k], rows[2 + k:]
-        r_partial = partial_from_correlations(r, r_freq, r_len_freq)
-        boot = bootstrap_r(sums, weights)  # (B, m)
-        activation_var = (sums["yy"].sum() + A.shape[0] * np.sum((means - means.mean()) ** 2)) / A.size
-        for key, value in (("r_hist", fixed_histogram(r, R_EDGES)),
-                           ("partial_hist", fixed_histogram(r_partial, R_EDGES)),
-                           ("shuffled_mean_r", r_shuf.mean(axis=1)), ("shuffled_std_r", r_shuf.std(axis=1)),
-                           ("control_mean_abs_partial_r",
-                            np.abs(partial_from_correlations(r, r_ctrl, r_len_freq)).mean(axis=1)),
-                           ("boot_mean_r", boot.mean(axis=1)), ("boot_std_r", boot.std(axis=1))):
-            arrays[key].append(value)
-        per_layer.append({
-            "layer": layer, "mean_r": float(r.mean()), "median_r": float(np.median(r)), "std_r": float(r.std()),
-            "fraction_negative": float(np.mean(r < 0)), "mean_abs_r": float(np.abs(r).mean()),
-            "mean_r_log_freq": float(r_freq.mean()), "mean_partial_r": float(r_partial.mean()),
-            "mean_abs_partial_r": float(np.abs(r_partial).mean()), "activation_std": float(np.sqrt(activation_var)),
-            "mean_r_ci": np.quantile(arrays["boot_mean_r"][-1], [0.025, 0.975]).tolist(),
-            "std_r_ci": np.quantile(arrays["boot_std_r"][-1], [0.025, 0.975]).tolist(),
-            "shuffled_mean_r": _mean_sd(arrays["shuffled_mean_r"][-1]),
-            "shuffled_std_r": _mean_sd(arrays["shuffled_std_r"][-1]),
-        })
-        if layer == block:
-            block_values = raw.astype(np.float64)
-    median = float(np.median(lengths))
-    groups = {"short": lengths < median, "equal": lengths == median, "long": lengths > median}
-    lo, hi = np.percentile(block_values, [0.5, 99.5])
-    act_edges = np.linspace(lo, hi, 121)
-    block_hist = np.stack([fixed_histogram(block_values[m].ravel(), act_edges, density=True) if m.any()
-                           else np.zeros(120) for m in groups.values()])
-    bimodal, bimodal_null = _bimodality(block_values, groups["short"], config, rng)
-    return {
-        "n_neurons": int(block_values.shape[1]), "block": block,
-        "length": {"median": median, "min": float(lengths.min()), "max": float(lengths.max()),
-                   "counts": {g: int(m.sum()) for g, m in groups.items()}},
-        "r_length_log_freq": r_len_freq, "short_token_bimodality": bimodal,
-        "random_subset_bimodality": bimodal_null, "per_layer": per_layer,
-        "_arrays": {**{key: np.stack(v) for key, v in arrays.items()}, "block_hist": block_hist,
-                    "block_edges": act_edges},
-    }
+        x = torch.from_numpy(np.ascontiguousarray(raw))
+        if draws is None:
+            draws = null_draws(lengths, np.asarray(log_freq, dtype=np.float64), x.shape[1], config)
+            keep = block_rows(lengths.size, x.shape[1], config)
+        mine = layer_reducers(draws, layer == block, keep, spill=False)
+        for reducer in mine:
+            reducer.bind(x.shape[0], x.device)
+            reducer.update(x, slice(0, x.shape[0]))
+        fed.append((layer, mine))
+    return reduced_statistics(lengths, draws, fed, block, keep, config)
 
 
-def _mean_sd(values: np.ndarray) -> dict:
-    return {"mean": float(values.mean()), "sd": float(values.std())}
+def measure(model, text: str, config: TokenLengthConfig) -> dict:
+    """Every number of the study for one model: corpus windows, token lengths and frequencies, the reduced
+    capture (resumable store), then :func:`reduced_statistics` (run sums read back from the store)."""
+    windows, counts, seq = corpus_windows(model, text, config)
+    flat = np.concatenate(windows)
+    lengths = token_lengths(model, flat, config.length)
+    log_freq = np.log10(counts[flat] / counts.sum())
+    n_layers = model.n_layers
+    block = config.block if config.block is not None else scaled_layer(4, 12, n_layers)
+    if not 0 <= block < n_layers:
+        raise LaminaError(f"block {block} does not exist; {model.name} has blocks 0-{n_layers - 1}")
+    width = model.site_widths()[f"blocks.{block}.{config.site}"]
+    draws = null_draws(lengths, log_freq, width, config)
+    keep = block_rows(flat.size, width, config)
+    batch = max(1, BATCH_TOKENS // seq)
+    red = capture_reduced(model, windows, reducers(draws, block, keep, config.site, n_layers),
+                          add_special_tokens=False, store=True, batch_size=batch,
+                          chunk_batches=max(1, CHECKPOINT_TOKENS // (batch * seq)))
+    order = [(tuple(spec["sites"]), spec["type"]) for spec in red.provenance["reducers"]]
+    folder = red.provenance["store"]
 
+    def run_chunks(layer):  # the spilled run sums of one layer, one stored chunk at a time
+        return stored_rows(folder, order.index(((f"blocks.{layer}.{config.site}",), "RunSums")))
 
-def _bimodality(values: np.ndarray, short: np.ndarray, config: TokenLengthConfig, rng) -> tuple:
-    """The mixture test on the short tokens' pooled activations, and on random token subsets of the same size
-    (pooling many neurons can make any token set multimodal)."""
-    if short.sum() * values.shape[1] < 10:
-        return None, []
-
-    def test(rows):
-        pooled = values[rows].ravel()
-        return bimodality_bic(rng.choice(pooled, min(pooled.size, config.bimodality_sample), replace=False),
-                              seed=config.seed)
-
-    observed = test(short)
-    null = [test(rng.choice(short.size, int(short.sum()), replace=False)) for _ in range(config.n_bimodality_null)]
-    return observed, [{"delta_bic": b["delta_bic"], "ashman_d": b["ashman_d"], "bimodal": b["bimodal"]} for b in null]
+    layers = [(layer, red[f"blocks.{layer}.{config.site}"]) for layer in red.layers(config.site)]
+    stats = reduced_statistics(lengths, draws, layers, block, keep, config, run_chunks)
+    return {"model": model.summary(), "n_tokens": int(flat.size), "n_windows": len(windows), "seq_len": seq,
+            **stats}
 
 
 def _comparison_model(model, spec: str, seed: int):
