@@ -9,6 +9,7 @@ import pytest
 from lamina import capture
 from lamina.capture import residual_sites
 from lamina.studies import effective_dim_reduce as edr
+from lamina.studies import kept_rows
 from lamina.studies.effective_dim import EffectiveDimConfig, spectrum
 from lamina.studies.mi_layers import MILayersConfig, token_vectors
 from lamina.studies.path_length import PathLengthConfig, compute as path_length_compute, measure_paths
@@ -80,7 +81,9 @@ def test_effective_dim_sinks_are_dropped_exactly(tiny_models, cache_dir, monkeyp
     monkeypatch.setattr(edr, "EARLY_POSITIONS", early or 0)
     passes = []
     real = edr.capture_reduced
-    monkeypatch.setattr(edr, "capture_reduced", lambda *a, **k: passes.append(1) or real(*a, **k))
+    counting = lambda *a, **k: passes.append(1) or real(*a, **k)  # noqa: E731
+    monkeypatch.setattr(edr, "capture_reduced", counting)
+    monkeypatch.setattr(kept_rows, "capture_reduced", counting)  # the rows path captures through kept_rows
     _same_copy(edr.copy_spectra(model, windows, EffectiveDimConfig(n_tokens=240)), want)
     assert len(passes) == (2 if early == 4 else 1)  # sinks among the kept rows need no second pass
 

@@ -14,7 +14,8 @@ import torch
 import lamina
 from lamina import select
 from lamina.studies import qkv_layers, qkv_similarity, rsa_categories
-from lamina.studies.qkv_similarity import QKV_SITES, capture_qkv_rows, target_and_previous
+from lamina.studies.kept_rows import QKV_SITES, capture_qkv_rows
+from lamina.studies.qkv_similarity import target_and_previous
 from lamina.studies.runner import StudyInputs
 from lamina.studies.texts import HER_SENTENCES
 from lamina.testing import single_token_words

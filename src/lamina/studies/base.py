@@ -96,7 +96,7 @@ def get_study(name: str) -> Study:
 
     _load_all()
     if name not in REGISTRY:
-        raise LaminaError(f"unknown study {name!r}; choose one of: {', '.join(REGISTRY)}")
+        raise LaminaError(f"unknown study {name!r}; choose one of: {', '.join(sorted(REGISTRY))}")
     return REGISTRY[name]
 
 

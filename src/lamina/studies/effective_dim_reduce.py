@@ -27,6 +27,7 @@ from ..capture import select
 from ..capture.reduce import Covariance, KeepRows
 from ..capture.reduced import capture_reduced
 from ..capture.run import residual_sites
+from .kept_rows import capture_rows
 
 __all__ = ["SINK_RATIO", "EARLY_POSITIONS", "copy_spectra", "row_norm", "remove_rows", "spectrum_from_comoment"]
 
@@ -125,9 +126,8 @@ def spectrum_of_rows(x: torch.Tensor) -> np.ndarray:
 def _from_rows(model, windows, sites, positions, pos, config) -> dict:
     """Fewer rows than the width: the rows themselves (float32, n x width per site, less than one covariance
     and an n x n eigenproblem instead of a width x width one)."""
-    red = capture_reduced(model, windows, {s: KeepRows() for s in sites}, positions=positions,
-                          add_special_tokens=False, store=True)
-    rows = [red[s].rows() for s in sites]
+    kept = capture_rows(model, windows, sites, positions=positions, add_special_tokens=False)
+    rows = [kept[s] for s in sites]
     sink = np.zeros(pos.size, dtype=bool)
     if config.drop_sinks:
         norms = torch.stack([row_norm(x)[:, 0] for x in rows]).numpy()  # (L + 1, n)

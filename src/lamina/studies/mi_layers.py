@@ -19,8 +19,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..capture import residual_sites, tokenize
-from ..capture.reduce import KeepRows
-from ..capture.reduced import capture_reduced
 from ..errors import LaminaError
 from ..stats import (
     correlate,
@@ -37,6 +35,7 @@ from ..stats import (
 from ._pair_resampling import bootstrap_indices, pair_means, percentile_ci
 from .base import StudyOutput, register
 from .claims import Claim, decide
+from .kept_rows import capture_rows
 from .texts import PHILOSOPHER_PARAGRAPH, default_text
 
 N_HIST_BINS = 60
@@ -148,8 +147,8 @@ def token_vectors(model, text: str, config: MILayersConfig) -> np.ndarray:
     if keep.size == 0:
         return np.zeros((model.n_layers + 1, 0, model.d_model))
     sites = residual_sites(model)
-    red = capture_reduced(model, text, {s: KeepRows(where=keep) for s in sites}, store=True)
-    return np.stack([red[s].rows().numpy() for s in sites]).astype(np.float64)
+    kept = capture_rows(model, text, sites, where=keep)
+    return np.stack([kept[s].numpy() for s in sites]).astype(np.float64)
 
 
 def analyse(hidden: np.ndarray, config: MILayersConfig) -> tuple[dict, dict]:

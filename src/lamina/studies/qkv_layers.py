@@ -17,7 +17,8 @@ from ..errors import LaminaError
 from ..stats import correlation_matrix, cosine_similarity_matrix, fixed_histogram, upper_triangle
 from .base import StudyOutput, register
 from .claims import Claim, decide
-from .qkv_similarity import KINDS, PARTS, _sentences, capture_qkv_rows, target_and_previous
+from .kept_rows import capture_qkv_rows
+from .qkv_similarity import KINDS, PARTS, _sentences, target_and_previous
 from ._pair_resampling import bootstrap_indices, pair_means
 from .resampling import boot, layer_trend
 

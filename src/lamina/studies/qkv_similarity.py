@@ -15,11 +15,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..capture import capture_reduced, select
-from ..capture.reduce import KeepRows
+from ..capture import select
 from ..errors import LaminaError
 from ..stats import column_correlation, column_cosine_similarity, fixed_histogram, label_blocks
 from .base import StudyOutput, register, scaled_layer
+from .kept_rows import capture_qkv_rows
 from .qkv_stats import block_measures, neuron_width, noise_floor, part_variance, shuffle_values
 from .resampling import boot, bootstrap_counts, layer_trend
 from .texts import HER_SENTENCES
@@ -91,51 +91,6 @@ def target_and_previous(target: str) -> select.Selector:
         return [toks[0] - 1, toks[-1]]
 
     return select.where(fn, key=f"target-and-previous:{target.strip()}")
-
-
-#: The sites every Q/K/V study reads: the attention's query, key and value of every block.
-QKV_SITES = ("blocks.*.attn.hook_q", "blocks.*.attn.hook_k", "blocks.*.attn.hook_v")
-
-
-class QKVRows:
-    """Q, K and V rows kept by :func:`capture_qkv_rows`: ``rows[site]`` is an (n_rows, width) float32 CPU tensor
-    (as ``lamina.capture`` gives), ``len(rows)`` the number of rows, ``rows.rows`` what each row is (text,
-    position, token) and ``rows.provenance`` the capture's provenance (with the store's folder)."""
-
-    def __init__(self, reduced):
-        self._reduced = reduced
-        self.rows = reduced.rows
-        self.provenance = reduced.provenance
-
-    def __getitem__(self, site: str):
-        return self._reduced[site].rows()
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-
-def capture_qkv_rows(model, texts, positions) -> QKVRows:
-    """Q, K and V of every block at the selected positions, kept row by row as the model computes them.
-
-    The Q/K/V studies need the rows themselves, not a reduction of them: sentence bootstraps resample rows,
-    the shuffled baseline permutes every value of a (sentences x neurons) matrix, and RSA compares item x item
-    matrices. The rows are few (a handful per sentence) and smaller than any width x width state: at layer
-    width 960 (Q|K|V of the bundled model), 108 kept rows are 0.4 MB against 3.7 MB for the upper triangle of
-    a float64 co-moment. So every site gets a :class:`~lamina.capture.reduce.KeepRows` reducer in
-    :func:`~lamina.capture.capture_reduced` with ``store=True``: what is cached is exactly these rows (float32,
-    as computed: the studies' numbers equal those of an all-in-RAM capture), checkpointed and resumable, and
-    studies with the same texts and positions (qkv-similarity, qkv-layers) share one stored capture.
-
-    Args:
-        model: a loaded :class:`~lamina.capture.Model`.
-        texts: the sentences. positions: a named position rule (``select.indices``, ``target_and_previous``...).
-
-    Returns:
-        :class:`QKVRows`.
-    """
-    reduced = capture_reduced(model, texts, {site: KeepRows() for site in QKV_SITES}, positions=positions,
-                              store=True)
-    return QKVRows(reduced)
 
 
 def _sentences(inputs) -> list[str]:

@@ -22,7 +22,7 @@ from ..stats import (category_selectivity, compare_rdms, correlation_matrix, cos
                      label_permutation_test, mantel_test)
 from ._pair_resampling import bootstrap_indices
 from .base import StudyOutput, register, scaled_layer
-from .qkv_similarity import capture_qkv_rows
+from .kept_rows import capture_qkv_rows
 from .resampling import boot, layer_trend
 
 PARTS = ("Q", "K", "V")
