@@ -3,11 +3,17 @@ frees the trained weights first, and the report is the same as when both fit."""
 
 from __future__ import annotations
 
+import ctypes
 import gc
 import json
+import os
+import sys
 import weakref
 
+import pytest
+
 import lamina.capture
+from lamina import _malloc
 from lamina.capture.random_init import RandomInitPlan, random_init_copy
 from lamina.studies import runner
 
@@ -51,3 +57,37 @@ def test_random_init_from_a_plan_equals_from_the_model(tiny_models):
     b = random_init_copy(RandomInitPlan.of(model), seed=3)
     for (name, p), (_, q) in zip(a.hf.state_dict().items(), b.hf.state_dict().items()):
         assert (p == q).all(), name  # the same seeded draws: bit-identical
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux") or _malloc._free_heap_bytes() is None,
+                    reason="glibc >= 2.33 only")
+def test_free_heap_pages_go_back_to_the_os_only_above_the_threshold():
+    # 64 KiB blocks come from the heap; freeing all but every 8th leaves free memory the heap cannot shrink
+    # past (its top is still in use) -- the fragmentation a long capture builds up between batches.
+    libc = ctypes.CDLL("libc.so.6")
+    libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+    libc.free.argtypes = [ctypes.c_void_p]
+    size, n = 64 << 10, 2048  # 128 MiB in all
+    blocks = [libc.malloc(size) for _ in range(n)]
+    for b in blocks:
+        ctypes.memset(b, 1, size)  # resident
+    for i, b in enumerate(blocks):
+        if i % 8:
+            libc.free(b)
+    try:
+        free = _malloc._free_heap_bytes()
+        assert free >= 100 << 20  # 112 MiB freed (glibc's own bookkeeping aside)
+        before = _rss()
+        assert not _malloc.release_free_memory(at_least=free + (1 << 30))  # below the threshold: left alone
+        assert _rss() > before - (16 << 20)
+        assert _malloc.release_free_memory(at_least=64 << 20)
+        assert _rss() < before - (64 << 20)  # most of the 112 MiB left the resident set
+    finally:
+        for i, b in enumerate(blocks):
+            if i % 8 == 0:
+                libc.free(b)
