@@ -98,5 +98,3 @@ def converted_gguf(gguf: Path) -> tuple[Path, str]:
         tokenizer.save_pretrained(tmp)
         (tmp / "lamina_source.json").write_text(json.dumps({"gguf": str(gguf), "sha256": sha}), "utf-8")
     return folder, sha
-
-

@@ -299,19 +299,3 @@ def pair_mi(X, keep, use_keep, codes, imin, imax, own, n_bins, n_rows, pa, pb, c
             out[g, a, b] = mi  # upper triangle only; the caller mirrors it
             if want_mm:
                 out_mm[g, a, b] = mm
-
-
-@njit(cache=True, parallel=True)
-def slow_pairs_mi(X, keep, use_keep, n_bins, rows_a, rows_b, clogc, out, out_mm):
-    """Exact MI (nats) of the listed row pairs, each re-binned over the dimensions both keep."""
-    w = n_bins + 1
-    for p in prange(rows_a.shape[0]):
-        table = np.zeros(w * w, dtype=np.int32)
-        rowsum = np.zeros(n_bins, dtype=np.int64)
-        colsum = np.zeros(n_bins, dtype=np.int64)
-        ra = rows_a[p]
-        rb = rows_b[p]
-        _slow_pair(X[ra], X[rb], keep[ra], keep[rb], use_keep, n_bins, table)
-        mi, mm = _mi_from_table(table, n_bins, clogc, rowsum, colsum)
-        out[p] = mi
-        out_mm[p] = mm

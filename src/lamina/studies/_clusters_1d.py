@@ -31,13 +31,19 @@ def _prefix(u: np.ndarray, w: np.ndarray):
     return (np.r_[0.0, np.cumsum(w)], np.r_[0.0, np.cumsum(w * u)], np.r_[0.0, np.cumsum(w * u * u)])
 
 
+@njit(cache=True, inline="always")
+def _sse(W, S1, S2, j, i):  # pragma: no cover - compiled
+    # Within-cluster sum of squares of u[j:i] from the prefix sums (never below 0 after rounding).
+    return max((S2[i] - S2[j]) - (S1[i] - S1[j]) ** 2 / (W[i] - W[j]), 0.0)
+
+
 @njit(cache=True)
 def _kmeans_dp(W, S1, S2, k_max):  # pragma: no cover - compiled; kmeans_1d is its tested entry point
     # best[i]: optimal SSE of u[:i] in c clusters; back[c - 1, i]: where the last of c + 1 clusters starts.
     m = W.size - 1
     best = np.full(m + 1, np.inf)
     for i in range(1, m + 1):
-        best[i] = max((S2[i] - S2[0]) - (S1[i] - S1[0]) ** 2 / (W[i] - W[0]), 0.0)
+        best[i] = _sse(W, S1, S2, 0, i)
     sse = np.empty(k_max)
     sse[0] = best[m]
     back = np.zeros((max(k_max - 1, 0), m + 1), dtype=np.int64)
@@ -46,7 +52,7 @@ def _kmeans_dp(W, S1, S2, k_max):  # pragma: no cover - compiled; kmeans_1d is i
         for i in range(1, m + 1):
             top, arg = np.inf, 0
             for j in range(i):  # the first minimum, as numpy's argmin
-                v = best[j] + max((S2[i] - S2[j]) - (S1[i] - S1[j]) ** 2 / (W[i] - W[j]), 0.0)
+                v = best[j] + _sse(W, S1, S2, j, i)
                 if v < top:
                     top, arg = v, j
             new[i] = top

@@ -63,20 +63,12 @@ def _excluding(skip_first: bool, dropped: dict[int, set[int]]):
     return select.where(fn, key=f"{key}:from-{1 if skip_first else 0}")
 
 
-def _eigvalsh(m: torch.Tensor) -> torch.Tensor:
-    """Eigenvalues of a symmetric matrix, ascending, by torch's LAPACK on torch's own threads.
-
-    Not scipy's: its OpenBLAS threads keep spinning for a while after each call, and the torch operations that
-    follow (building the next layer's co-moment) then ran ~10x slower on 2 cores (effective-dim on the bundled
-    model: 9.4 s of eigenvalues and co-moments with scipy, 5.1 s with torch).
-    """
-    return torch.linalg.eigvalsh(m)
-
-
 def spectrum_from_comoment(m2: torch.Tensor, n: int) -> np.ndarray:
     """Explained-variance ratios from a centred co-moment ``sum (x - mean)(x - mean)^T`` (width, width) of n
     rows: largest first, length min(n, width) (``effective_dim.spectrum`` on the rows themselves)."""
-    eig = _eigvalsh(m2).flip(0).clamp_min(0)[:min(n, m2.shape[0])]
+    # torch's LAPACK on torch's threads, not scipy's: OpenBLAS's threads keep spinning after each call and the
+    # torch operations that follow (the next layer's co-moment) ran ~10x slower on 2 cores (9.4 s -> 5.1 s).
+    eig = torch.linalg.eigvalsh(m2).flip(0).clamp_min(0)[:min(n, m2.shape[0])]
     total = eig.sum()
     return (eig / total if total > 0 else eig).cpu().numpy()
 
